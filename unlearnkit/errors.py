@@ -1,0 +1,21 @@
+"""Errors that carry one clear sentence for the user."""
+
+
+class UnlearnkitError(Exception):
+    """Base class: the message is meant to be shown to the user as-is."""
+
+
+class ConfigError(UnlearnkitError):
+    pass
+
+
+class DataError(UnlearnkitError):
+    pass
+
+
+class ModelLoadError(UnlearnkitError):
+    pass
+
+
+class TrainingError(UnlearnkitError):
+    pass
