@@ -1,0 +1,158 @@
+"""The ``unlearnkit`` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from unlearnkit import __version__
+from unlearnkit.errors import UnlearnkitError
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=1e-4 (repeatable; the value is read as YAML)",
+    )
+
+
+def cmd_models(args) -> int:
+    from unlearnkit.models import ALIASES, alias_status
+
+    print(f"{'alias':<24} {'offline':<8} {'cached':<7} description")
+    for name in ALIASES:
+        s = alias_status(name)
+        print(f"{name:<24} {'yes' if s['offline'] else 'no':<8} {'yes' if s['cached'] else 'no':<7} {s['description']}")
+        print(f"{'':<24} cache: {s['cache_path']}; with network also: {s['hub_id']}")
+    print("\nAny Hugging Face hub id, local model folder or .gguf file works too.")
+    return 0
+
+
+def cmd_data_preview(args) -> int:
+    from unlearnkit.config import apply_overrides
+    from unlearnkit.data.spec import DataSourceConfig, load_examples
+    from unlearnkit.data.templates import render_prompt, render_response
+    from unlearnkit.data.tokenize import IGNORE_INDEX, tokenize_example
+    from unlearnkit.data.types import MCItem
+    from unlearnkit.models import load_tokenizer
+
+    raw = apply_overrides({"spec": args.spec, "shuffle": False}, args.overrides)
+    try:
+        ds = DataSourceConfig.model_validate(raw)
+    except Exception as exc:  # pydantic's message names the field
+        raise UnlearnkitError(f"invalid data option: {exc}") from None
+    tokenizer = load_tokenizer(args.model)
+    items = load_examples(ds, tokenizer)
+    print(f"{args.spec}: {len(items)} items (template {args.template}, tokenizer of {args.model})")
+    print("The prompt part, masked out of every loss, is shown between ⟦ and ⟧.\n")
+    for i, item in enumerate(items[: args.n]):
+        if isinstance(item, MCItem):
+            print(f"--- item {i + 1}: {item.question}")
+            for choice, label in zip(item.choices, item.labels):
+                print(f"   [{'x' if label else ' '}] {choice}")
+            continue
+        tok = tokenize_example(item, tokenizer, args.template, args.max_length)
+        n_prompt = sum(1 for label in tok.labels if label == IGNORE_INDEX)
+        shown_prompt = render_prompt(args.template, tokenizer, item.prompt)
+        shown_response = render_response(args.template, item.response)
+        eos = tokenizer.eos_token if item.response and tokenizer.eos_token else ""
+        print(f"--- example {i + 1}: {n_prompt} prompt tokens masked, {len(tok) - n_prompt} response tokens scored")
+        print(f"⟦{shown_prompt}⟧{shown_response}{eos}\n")
+    return 0
+
+
+def cmd_config_check(args) -> int:
+    from unlearnkit.config import dump_config, load_config
+
+    cfg = load_config(args.file, args.overrides)
+    print(f"# {args.file}: valid. Resolved config (defaults filled in):")
+    print(dump_config(cfg), end="")
+    return 0
+
+
+def cmd_unlearn(args) -> int:
+    from unlearnkit.config import load_config
+    from unlearnkit.train import run_unlearning
+
+    cfg = load_config(args.config, args.overrides)
+    summary = run_unlearning(cfg, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at)
+    if summary["status"] == "paused":
+        print(summary["reason"])
+        return 0
+    print(f"\n{summary['status']}: {summary['reason']}")
+    change = summary.get("eval_change") or {}
+    for name, c in change.items():
+        print(f"  {name:<20} answer NLL {c['nll_change']:+.1%}")
+    if summary.get("model_path"):
+        print(f"Model saved to {summary['model_path']} (load it with transformers' from_pretrained).")
+    print(f"Run folder: {cfg.run_dir}")
+    return 0 if summary["status"] == "completed" or "max_forget_loss" in summary["reason"] else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unlearnkit",
+        description="Machine unlearning for Hugging Face causal language models: make a model forget harmful "
+        "answers or a book, keep what it should, and prove it.",
+    )
+    parser.add_argument("--version", action="version", version=f"unlearnkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the built-in model aliases and whether each works offline")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("data", help="inspect data sets")
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    pv = dsub.add_parser(
+        "preview", help="show the first examples of a data spec after templating, with the masked prompt marked",
+        description="SPEC is a file path (recipe detected from its columns), RECIPE:PATH or RECIPE:hub-name; "
+        "recipes: pku_saferlhf, truthfulqa, truthfulqa_mc, text, prompts, generic.",
+    )
+    pv.add_argument("spec")
+    pv.add_argument("-n", type=int, default=3, help="how many examples (default 3)")
+    pv.add_argument("--template", default="qa", choices=["qa", "chat", "raw"])
+    pv.add_argument("--model", default="smollm2-135m-instruct", help="whose tokenizer to use")
+    pv.add_argument("--max-length", type=int, default=512)
+    pv.add_argument("--set", dest="overrides", action="append", default=[], metavar="OPTION=VALUE",
+                    help="a data option, e.g. --set subset=safe, --set mode=pairs")
+    pv.set_defaults(func=cmd_data_preview)
+
+    p = sub.add_parser("config", help="validate configs")
+    csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    ck = csub.add_parser("check", help="validate a config and print the resolved result")
+    ck.add_argument("file")
+    _add_set(ck)
+    ck.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("unlearn", help="run an unlearning method from a config")
+    p.add_argument("config")
+    _add_set(p)
+    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="pause after STEP steps with a checkpoint (the schedule still targets max_steps)")
+    p.set_defaults(func=cmd_unlearn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        # A group without its subcommand: show that group's help.
+        parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "--help"])
+        return 2
+    try:
+        return func(args)
+    except UnlearnkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; a run can be continued with --resume from its last checkpoint.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Run configuration: YAML in, validated by pydantic, unknown keys rejected.
+
+One model per concern (model, data, method, train, eval). Errors name the full
+path of the key at fault (``train.lr``, ``data.forget.subset``) and the file.
+Any key can be overridden from the command line with ``--set a.b.c=value``
+(the value is read as YAML, so ``1e-4``, ``true`` and ``[q_proj, v_proj]`` work).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from unlearnkit.data.spec import DataSourceConfig
+from unlearnkit.errors import ConfigError
+from unlearnkit.models import ModelConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    template: Literal["qa", "chat", "raw"] = "qa"
+    max_length: int = Field(512, ge=8, le=131072)
+    # Data to forget (harmful answers, a book's passages).
+    forget: DataSourceConfig | None = None
+    # Data whose behaviour must be kept (KL or cross-entropy anchor).
+    retain: DataSourceConfig | None = None
+    # Pool of normal answers for the random-mismatch term (llm_unlearn); the
+    # retain set when not given.
+    random: DataSourceConfig | None = None
+
+
+class TrainConfig(Strict):
+    max_steps: int = Field(1000, ge=1)
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-6, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    # Stop when the forget set's mean answer NLL (a positive cross-entropy)
+    # reaches this value: the published max_bad_loss, with the sign that fires.
+    max_forget_loss: float | None = Field(None, gt=0)
+    # Reference model for KL terms: "auto" = the adapter disabled under LoRA, a
+    # frozen copy in full-parameter mode.
+    reference_dtype: Literal["same", "float32", "bfloat16", "float16"] = "same"
+    reference_device: str | None = None
+    save_every: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(1, ge=1)
+    save: Literal["merged", "adapter", "none"] = "merged"
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+
+
+class EvalConfig(Strict):
+    # Measure before and after the run, on held-out forget data and the sets below.
+    enabled: bool = True
+    batch_size: int = Field(8, ge=1)
+    # Named sets whose mean answer NLL is measured (raw text: perplexity).
+    nll: dict[str, DataSourceConfig] = Field(default_factory=dict)
+
+
+class RunConfig(Strict):
+    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    output_dir: str = "runs"
+    seed: int = 42
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "llm_unlearn"})
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _method_named(self):
+        if "name" not in self.method:
+            raise ValueError("method.name is required (e.g. llm_unlearn, ga, gradient_difference, sku)")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def method_params(self):
+        """The method's typed parameters (validated when the config is loaded)."""
+        from unlearnkit.methods import get_method
+
+        cls = get_method(self.method["name"])
+        params = {k: v for k, v in self.method.items() if k != "name"}
+        return cls.Params.model_validate(params)
+
+
+def _format_errors(err: ValidationError, prefix: tuple = (), source: str | None = None) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in (*prefix, *e["loc"]))
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = e["msg"]
+            if "input" in e and not isinstance(e["input"], (dict, list)):
+                msg += f" (got {e['input']!r})"
+        lines.append(f"{path or '<root>'}: {msg}")
+    where = f" in {source}" if source else ""
+    return f"invalid config{where}: " + "; ".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} must look like key.path=value (e.g. train.lr=1e-4).")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r} has an empty key part.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc}).") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(path[: i + 1])} is a value, not a section.")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def load_raw(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist.")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections (model, data, method, train, eval).")
+    return data
+
+
+def validate(raw: dict, source: str | None = None) -> RunConfig:
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source=source)) from None
+    from unlearnkit.methods import METHODS
+
+    name = cfg.method["name"]
+    if name not in METHODS:
+        raise ConfigError(
+            f"invalid config{f' in {source}' if source else ''}: method.name: unknown method {name!r}; "
+            f"choose one of {', '.join(sorted(METHODS))}."
+        )
+    try:
+        params = cfg.method_params()
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, prefix=("method",), source=source)) from None
+    # Store the filled-in parameters so that the resolved config shows every default.
+    cfg.method = {"name": name, **params.model_dump(mode="json")}
+    _check_files(cfg, source)
+    return cfg
+
+
+def _check_files(cfg: RunConfig, source: str | None) -> None:
+    """Local data files named in the config must exist (hub names are checked on load)."""
+    from unlearnkit.data.spec import parse_spec
+
+    where = f" in {source}" if source else ""
+    sets = {f"data.{k}": getattr(cfg.data, k) for k in ("forget", "retain", "random")}
+    sets.update({f"eval.nll.{k}": v for k, v in cfg.eval.nll.items()})
+    for key, ds in sets.items():
+        if ds is None:
+            continue
+        _, location = parse_spec(ds.spec)
+        p = Path(location).expanduser()
+        looks_local = p.suffix.lower() in {".json", ".jsonl", ".csv", ".parquet", ".txt"} or location.startswith(
+            (".", "/", "~")
+        )
+        if looks_local and not p.exists():
+            raise ConfigError(f"invalid config{where}: {key}.spec: data file {location} does not exist.")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> RunConfig:
+    """Load, override and validate a config; ``raw`` replaces reading ``path``."""
+    data = raw if raw is not None else (load_raw(path) if path else {})
+    data = apply_overrides(data, overrides or [])
+    return validate(data, source=str(path) if path else None)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,244 @@
+"""Data source specs: "path", "RECIPE:PATH" or "RECIPE:hub-name", and their options.
+
+:func:`load_examples` is the one entry point the CLI and the trainers use: parse
+the spec, read the rows, pick the recipe (named, or detected from the schema),
+run it, shuffle and limit. Holding out an evaluation split is a separate step
+(:func:`split_holdout`) so that the same items can be split in different ways.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+from typing import Literal, Sequence, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from unlearnkit.data.recipes import (
+    RECIPES,
+    generic,
+    pku_saferlhf,
+    prompts,
+    text_recipe,
+    truthfulqa,
+    truthfulqa_mc,
+)
+from unlearnkit.data.sources import load_rows, row_keys
+from unlearnkit.data.types import Example, MCItem
+from unlearnkit.errors import DataError
+
+Items = Union[list[Example], list[MCItem]]
+
+
+class DataSourceConfig(BaseModel):
+    """One data source and the options of its recipe (unused options are ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: str  # "path", "RECIPE:PATH" or "RECIPE:hub-name"
+    subset: Literal["unsafe", "safe", "both"] = "unsafe"  # pku_saferlhf
+    answers: Literal["best", "correct"] = "best"  # truthfulqa
+    mc: Literal["mc1", "mc2"] = "mc1"  # truthfulqa_mc
+    mode: Literal["chunks", "pairs"] = "chunks"  # text
+    chunk_tokens: int = Field(256, ge=8)
+    prompt_tokens: int = Field(32, ge=1)
+    continuation_tokens: int = Field(32, ge=1)
+    stride: int | None = Field(None, ge=1)
+    column: str | None = None  # prompts
+    prompt_field: str = "prompt"  # generic
+    response_field: str = "response"  # generic
+    hub_config: str | None = None
+    hub_split: str = "train"
+    limit: int | None = Field(None, ge=1)  # first N after shuffling with seed (or as-is when shuffle=False)
+    shuffle: bool = True
+    holdout: float | int = 0  # fraction in [0,1) or a count of examples held out for evaluation
+    seed: int = 0
+
+    @field_validator("holdout")
+    @classmethod
+    def _check_holdout(cls, value: float | int) -> float | int:
+        # An int is a count, a float a fraction; 1.0 as a fraction would leave
+        # nothing to train on.
+        if isinstance(value, bool):
+            raise ValueError("holdout must be a fraction in [0, 1) or a whole count, not a boolean")
+        if isinstance(value, float) and not 0 <= value < 1:
+            raise ValueError(f"holdout {value} as a fraction must be in [0, 1); give a count as a whole number")
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"holdout {value} must not be negative")
+        return value
+
+
+# A one-letter prefix is a Windows drive ("C:\\data\\x.json"), never a recipe.
+_DRIVE = re.compile(r"^[A-Za-z]$")
+
+
+def parse_spec(spec: str) -> tuple[str | None, str]:
+    """Split a spec into (recipe or None, location).
+
+    The part before the first ':' is a recipe only when it is a known recipe
+    name, so paths with colons in them stay whole.
+    """
+    if not spec or not spec.strip():
+        raise DataError("the data spec is empty; give a path, RECIPE:PATH or RECIPE:hub-name.")
+    spec = spec.strip()
+    if ":" not in spec:
+        return None, spec
+    prefix, rest = spec.split(":", 1)
+    if prefix in RECIPES:
+        if not rest.strip():
+            raise DataError(f"the data spec {spec!r} names recipe {prefix!r} but no path or hub name after the colon.")
+        return prefix, rest.strip()
+    if Path(spec).expanduser().exists() or _DRIVE.match(prefix):
+        return None, spec
+    raise DataError(
+        f"the data spec {spec!r} starts with {prefix!r}, which is neither a known recipe "
+        f"({', '.join(RECIPES)}) nor part of an existing path."
+    )
+
+
+def detect_recipe(rows: list[dict], location: str) -> str:
+    """The recipe a file's schema implies, or a DataError asking for RECIPE:PATH.
+
+    Beyond the listed data sets, a file with text ``prompt`` and ``response``
+    fields is the user's own pairs (``generic``).
+    """
+    if Path(location).suffix.lower() == ".txt":
+        return "text"
+    if not rows:
+        raise DataError(f"{location} has no rows, so its recipe cannot be told from its columns.")
+    keys = set(row_keys(rows))
+    first = rows[0]
+    if {"response_0", "response_1", "is_response_0_safe", "is_response_1_safe"} <= keys:
+        return "pku_saferlhf"
+    response = first.get("response")
+    if "prompt" in keys and isinstance(response, (list, tuple)) and len(response) == 2:
+        return "pku_saferlhf"
+    if "mc1_targets" in keys or "mc2_targets" in keys:
+        return "truthfulqa_mc"
+    if {"Question", "Best Answer"} <= keys or {"question", "best_answer"} <= keys:
+        return "truthfulqa"
+    if keys & {"goal", "forbidden_prompt", "Behavior"}:
+        return "prompts"
+    if "prompt" in keys and "response" not in keys:
+        return "prompts"
+    if "prompt" in keys and isinstance(response, str):
+        return "generic"
+    if "text" in keys:
+        return "text"
+    raise DataError(
+        f"cannot tell which recipe reads {location} from its columns "
+        f"({', '.join(map(str, row_keys(rows))) or 'none'}); name one as RECIPE:PATH "
+        f"with RECIPE one of {', '.join(RECIPES)}."
+    )
+
+
+def load_examples(cfg: DataSourceConfig, tokenizer=None) -> Items:
+    """Examples (or MC items) of one source: recipe, then shuffle and limit (no holdout)."""
+    recipe, location = parse_spec(cfg.spec)
+    rows = load_rows(location, hub_config=cfg.hub_config, hub_split=cfg.hub_split)
+    if recipe is None:
+        recipe = detect_recipe(rows, location)
+    items: list
+    if recipe == "pku_saferlhf":
+        items = pku_saferlhf(rows, cfg.subset, source=location)
+    elif recipe == "truthfulqa":
+        items = truthfulqa(rows, cfg.answers, source=location)
+    elif recipe == "truthfulqa_mc":
+        items = truthfulqa_mc(rows, cfg.mc, source=location)
+    elif recipe == "text":
+        items = text_recipe(
+            rows,
+            tokenizer,
+            mode=cfg.mode,
+            chunk_tokens=cfg.chunk_tokens,
+            prompt_tokens=cfg.prompt_tokens,
+            continuation_tokens=cfg.continuation_tokens,
+            stride=cfg.stride,
+            source=location,
+        )
+    elif recipe == "prompts":
+        items = prompts(rows, cfg.column, source=location)
+    elif recipe == "generic":
+        items = generic(rows, cfg.prompt_field, cfg.response_field, source=location)
+    else:  # RECIPES and this dispatch must list the same names
+        raise DataError(f"recipe {recipe!r} is registered but has no loader; known: {', '.join(RECIPES)}.")
+    if not items:
+        raise DataError(f"{location} gave no examples with recipe {recipe!r}; check the file and its options.")
+    if cfg.shuffle:
+        # A private generator: the order depends on the seed only, never on
+        # whatever else used the global random state.
+        random.Random(cfg.seed).shuffle(items)
+    if cfg.limit is not None:
+        items = items[: cfg.limit]
+    return items
+
+
+def split_holdout(items: Sequence, holdout: float | int, seed: int) -> tuple[list, list]:
+    """(train, held_out): hold out a fraction (float in [0, 1)) or a count (int).
+
+    Deterministic for a seed; both parts keep the input order. Examples sharing
+    ``meta["pair"]`` (the safe and unsafe answers to one PKU prompt) go to the
+    same side, so no held-out prompt is trained on; the held-out part may then
+    exceed the requested size by at most one group. Split each source on its own:
+    pair numbers are row numbers of one source.
+    """
+    items = list(items)
+    n = len(items)
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)):
+        raise DataError(f"holdout must be a fraction in [0, 1) or a whole count, not {holdout!r}.")
+    if isinstance(holdout, float):
+        if not 0 <= holdout < 1:
+            raise DataError(f"holdout {holdout} as a fraction must be in [0, 1); give a count as a whole number.")
+        # At least one item for any positive fraction: asking for a holdout and
+        # getting an empty one would silently skip the evaluation.
+        target = max(1, round(holdout * n)) if holdout > 0 else 0
+    else:
+        target = holdout
+    if target == 0:
+        return items, []
+    if target < 0 or target >= n:
+        raise DataError(f"holdout {holdout} of {n} examples leaves nothing to train on (or is negative).")
+
+    groups: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):
+        meta = getattr(item, "meta", None) or {}
+        key = ("pair", meta["pair"]) if "pair" in meta else ("item", i)
+        groups.setdefault(key, []).append(i)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    held: set[int] = set()
+    for members in order:
+        if len(held) >= target:
+            break
+        held.update(members)
+    if len(held) >= n:
+        raise DataError(f"holdout {holdout} takes every example group of {n} examples, leaving nothing to train on.")
+    train = [it for i, it in enumerate(items) if i not in held]
+    held_out = [it for i, it in enumerate(items) if i in held]
+    return train, held_out
+
+
+def _canonical(item) -> dict:
+    if isinstance(item, Example):
+        return {"prompt": item.prompt, "response": item.response}
+    if isinstance(item, MCItem):
+        return {"question": item.question, "choices": list(item.choices), "labels": list(item.labels)}
+    raise DataError(f"cannot hash a {type(item).__name__}; expected Example or MCItem items.")
+
+
+def content_hash(items: Sequence) -> str:
+    """sha256 hex of the items' text, in order (meta excluded): a data set's fingerprint.
+
+    Canonical JSON (sorted keys, no extra whitespace, UTF-8) makes it the same on
+    every run and machine.
+    """
+    payload = json.dumps([_canonical(it) for it in items], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def describe(items: Sequence) -> dict:
+    """What a run manifest records about a data set."""
+    return {"count": len(items), "sha256": content_hash(items)}

@@ -1,0 +1,598 @@
+"""The training loop shared by every unlearning method.
+
+One loop on ``accelerate``: the same code runs on a CPU, a GPU, or several
+processes (``accelerate launch``). It guarantees what the reference code does
+not: the step limit is exact, every forget example is seen (shuffled, reshuffled
+each epoch), the early stop on the forget loss fires, a non-finite loss stops
+the run with a checkpoint, and ``--resume`` continues the very same run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from unlearnkit.config import RunConfig, dump_config
+from unlearnkit.data.spec import DataSourceConfig, describe, load_examples, split_holdout
+from unlearnkit.data.tokenize import BatchStream, TokenizedExample, collate, pad_id_of, tokenize_example, tokenize_examples
+from unlearnkit.data.types import Example
+from unlearnkit.errors import ConfigError, TrainingError
+from unlearnkit.losses import AnswerLogits, answer_logits
+from unlearnkit.methods import LossContext, Method, get_method
+from unlearnkit.models import describe_source, is_peft, load_model, save_model
+from unlearnkit.rundir import atomic_write_json, atomic_write_text, check_not_inside, manifest
+
+# Keys of the config that may change between a run and its resumption.
+RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "save_every"), ("train", "progress"), ("train", "keep_checkpoints")}
+
+
+@dataclass
+class TrainData:
+    forget: list[Example]
+    retain: list[Example]
+    random_pool: list[str]
+    heldout: dict[str, list[Example]] = field(default_factory=dict)
+    descriptions: dict[str, dict] = field(default_factory=dict)
+
+
+def _paired_safe(forget_cfg: DataSourceConfig, heldout: list[Example], tokenizer) -> list[Example]:
+    """Safe answers to the held-out forget prompts (PKU-SafeRLHF), for selectivity."""
+    pairs = {e.meta.get("pair") for e in heldout}
+    safe_cfg = forget_cfg.model_copy(update={"subset": "safe", "limit": None, "shuffle": False, "holdout": 0})
+    return [e for e in load_examples(safe_cfg, tokenizer) if e.meta.get("pair") in pairs]
+
+
+def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
+    d = cfg.data
+    if d.forget is None:
+        raise ConfigError("data.forget is required: the examples to unlearn.")
+    forget_all = load_examples(d.forget, tokenizer)
+    forget, forget_held = split_holdout(forget_all, d.forget.holdout, d.forget.seed)
+    data = TrainData(forget=list(forget), retain=[], random_pool=[])
+    data.descriptions["forget"] = describe(forget)
+    if forget_held:
+        data.heldout["forget_heldout"] = list(forget_held)
+        data.descriptions["forget_heldout"] = describe(forget_held)
+        if d.forget.spec.startswith("pku_saferlhf:") or any("safe" in e.meta for e in forget_held[:1]):
+            safe = _paired_safe(d.forget, forget_held, tokenizer)
+            if safe:
+                data.heldout["safe_heldout"] = safe
+    if "retain" in method.needs or (method.needs_reference and "retain" in method.needs):
+        if d.retain is None:
+            raise ConfigError(f"method {method.name} needs data.retain (normal data to keep).")
+    if d.retain is not None:
+        retain_all = load_examples(d.retain, tokenizer)
+        retain, retain_held = split_holdout(retain_all, d.retain.holdout, d.retain.seed)
+        data.retain = list(retain)
+        data.descriptions["retain"] = describe(retain)
+        if retain_held:
+            data.heldout["retain_heldout"] = list(retain_held)
+            data.descriptions["retain_heldout"] = describe(retain_held)
+    if "random" in method.needs:
+        if method.random_pool == "forget":
+            data.random_pool = [e.response for e in data.forget]
+        else:
+            source = load_examples(d.random, tokenizer) if d.random is not None else data.retain
+            if d.random is not None:
+                data.descriptions["random"] = describe(source)
+            data.random_pool = [e.response for e in source if e.response.strip()]
+        if len(data.random_pool) < 2:
+            raise ConfigError("the random-answer pool needs at least two non-empty answers (data.random or data.retain).")
+    for name, ds in cfg.eval.nll.items():
+        data.heldout[name] = list(load_examples(ds, tokenizer))
+        data.descriptions[f"eval.{name}"] = describe(data.heldout[name])
+    return data
+
+
+class Reference:
+    """The original model, for KL terms.
+
+    With LoRA it is the same weights with the adapter disabled (no second copy);
+    in full-parameter mode a frozen deep copy made before training, optionally in
+    another dtype or on another device. It always runs in eval mode without
+    gradient, so its outputs never move.
+    """
+
+    def __init__(self, model, cfg: RunConfig):
+        self.lora = is_peft(model)
+        self.frozen = None
+        if not self.lora:
+            frozen = copy.deepcopy(model)
+            if cfg.train.reference_dtype != "same":
+                frozen = frozen.to(getattr(torch, cfg.train.reference_dtype))
+            if cfg.train.reference_device:
+                frozen = frozen.to(cfg.train.reference_device)
+            frozen.eval()
+            for p in frozen.parameters():
+                p.requires_grad_(False)
+            self.frozen = frozen
+
+    def __call__(self, live_model, batch: dict) -> AnswerLogits:
+        with torch.no_grad():
+            if self.frozen is not None:
+                device = next(self.frozen.parameters()).device
+                moved = {k: v.to(device) for k, v in batch.items()}
+                out = answer_logits(self.frozen, moved)
+                target_device = batch["input_ids"].device
+                return AnswerLogits(out.logits.to(target_device), out.targets.to(target_device), out.mask.to(target_device))
+            was_training = live_model.training
+            live_model.eval()  # no dropout in the anchor
+            try:
+                with live_model.disable_adapter():
+                    return answer_logits(live_model, batch)
+            finally:
+                live_model.train(was_training)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """Trainable parameters by name, one entry per shared storage (tied weights)."""
+    seen: set[int] = set()
+    out = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        ptr = p.data_ptr()
+        if ptr in seen:
+            continue
+        seen.add(ptr)
+        out[name] = p.detach().contiguous().cpu()
+    return out
+
+
+def _config_diff(a: dict, b: dict, prefix=()) -> list[tuple]:
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        path = (*prefix, key)
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs.extend(_config_diff(va, vb, path))
+        elif va != vb:
+            diffs.append(path)
+    return diffs
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, resume: bool = False, overwrite: bool = False, stop_at: int | None = None):
+        self.cfg = cfg
+        # Pause after this many steps with a checkpoint (the schedule still
+        # targets max_steps), so that --resume continues the same run.
+        self.stop_at = stop_at
+        self.resume = resume
+        self.overwrite = overwrite
+        self.run_dir = cfg.run_dir
+        self.method_cls = get_method(cfg.method["name"])
+        self.method = self.method_cls(cfg.method_params())
+
+    # ----------------------------------------------------------------- set-up
+    def _accelerator(self):
+        from accelerate import Accelerator
+
+        mp = self.cfg.train.mixed_precision
+        if mp == "auto":
+            mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        cpu = self.cfg.model.device == "cpu" or not torch.cuda.is_available()
+        return Accelerator(mixed_precision=mp, cpu=cpu)
+
+    def _check_run_dir(self) -> None:
+        model_path = Path(self.cfg.model.name).expanduser()
+        if model_path.exists():
+            check_not_inside(self.run_dir, model_path if model_path.is_dir() else model_path.parent, "input model folder")
+        done = (self.run_dir / "summary.json").exists()
+        ckpts = self.checkpoints()
+        if self.resume:
+            if not ckpts and not done:
+                raise TrainingError(f"--resume: {self.run_dir} has no checkpoint to resume from.")
+            saved = self.run_dir / "config.yaml"
+            if saved.exists():
+                import yaml
+
+                old = yaml.safe_load(saved.read_text())
+                new = self.cfg.model_dump(mode="json")
+                diffs = [d for d in _config_diff(old, new) if d[:2] not in RESUMABLE_CHANGES]
+                if diffs:
+                    keys = ", ".join(".".join(map(str, d)) for d in diffs)
+                    raise TrainingError(f"--resume: the config differs from the run's saved config in {keys}; resume with the same config.")
+        elif self.run_dir.exists() and (done or ckpts) and not self.overwrite:
+            raise TrainingError(
+                f"run folder {self.run_dir} already holds a run; use --resume to continue it, "
+                "--overwrite to replace it, or another name (--set name=...)."
+            )
+
+    def checkpoints(self) -> list[Path]:
+        root = self.run_dir / "checkpoints"
+        if not root.is_dir():
+            return []
+        return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> dict:
+        cfg = self.cfg
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self._check_run_dir()
+        acc = self._accelerator()
+        self.acc = acc
+        main = acc.is_main_process
+        if main and self.overwrite and not self.resume and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        acc.wait_for_everyone()
+        _seed_everything(cfg.seed)
+
+        model, tokenizer = load_model(cfg.model, for_training=True)
+        self.tokenizer = tokenizer
+        self.pad_id = pad_id_of(tokenizer)
+        data = prepare_data(cfg, tokenizer, self.method_cls)
+        self.data = data
+        tok = lambda exs: tokenize_examples(exs, tokenizer, cfg.data.template, cfg.data.max_length)  # noqa: E731
+        self.forget_tok = tok(data.forget)
+        self.retain_tok = tok(data.retain) if data.retain else []
+
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+            if not self.resume or not (self.run_dir / "manifest.json").exists():
+                atomic_write_json(
+                    self.run_dir / "manifest.json",
+                    manifest(cfg.seed, f"{cfg.model.name} ({describe_source(cfg.model.name)})", data.descriptions,
+                             {"method": cfg.method, "world_size": acc.num_processes}),
+                )
+
+        if cfg.train.gradient_checkpointing is True or (
+            cfg.train.gradient_checkpointing == "auto" and acc.device.type == "cuda"
+        ):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if is_peft(model):
+                model.enable_input_require_grads()
+
+        reference = Reference(model, cfg) if self.method_cls.needs_reference else None
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise TrainingError("the model has no trainable parameters.")
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        from transformers import get_scheduler
+
+        scheduler = get_scheduler(
+            cfg.train.scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=cfg.train.max_steps
+        )
+        model, optimizer = acc.prepare(model, optimizer)
+        self.model, self.optimizer, self.scheduler, self.reference = model, optimizer, scheduler, reference
+
+        world = acc.num_processes
+        global_batch = cfg.train.batch_size * world
+        self.forget_stream = BatchStream([len(t) for t in self.forget_tok], global_batch, cfg.seed)
+        self.retain_stream = (
+            BatchStream([len(t) for t in self.retain_tok], global_batch, cfg.seed + 1) if self.retain_tok else None
+        )
+        start_step = 0
+        summary_prev = None
+        if self.resume:
+            start_step, summary_prev = self._load_checkpoint()
+
+        before = self._evaluate("before") if cfg.eval.enabled and start_step == 0 else (summary_prev or {}).get("eval_before")
+        result = self._loop(start_step, before)
+        return result
+
+    # ----------------------------------------------------------------- batches
+    def _local(self, indices: list[int]) -> list[int]:
+        # Each process takes its share of the global batch.
+        return indices[self.acc.process_index :: self.acc.num_processes]
+
+    def _batch(self, items: list[TokenizedExample]) -> dict:
+        return {k: v.to(self.acc.device) for k, v in collate(items, self.pad_id).items()}
+
+    def _random_batch(self, forget_idx: list[int], step: int, micro: int) -> dict:
+        """Forget questions, each paired with ``num_random`` answers that are not its own."""
+        cfg = self.cfg
+        rng = random.Random(f"{cfg.seed}:random:{step}:{micro}")
+        pool = self.data.random_pool
+        examples = []
+        for i in forget_idx:
+            own = self.data.forget[i].response
+            for _ in range(self.method.num_random):
+                for _attempt in range(16):
+                    answer = pool[rng.randrange(len(pool))]
+                    if answer != own:
+                        break
+                examples.append(Example(self.data.forget[i].prompt, answer))
+        local = self._local(list(range(len(examples))))
+        toks = [tokenize_example(examples[j], self.tokenizer, cfg.data.template, cfg.data.max_length) for j in local]
+        return self._batch(toks)
+
+    def _denominator(self, mask: torch.Tensor) -> torch.Tensor:
+        count = mask.sum().to(torch.float32)
+        if self.acc.num_processes == 1:
+            return count
+        total = self.acc.reduce(count.detach().clone(), reduction="sum")
+        return total / self.acc.num_processes
+
+    def _step_batches(self, step: int, micro: int) -> dict[str, dict]:
+        needs = self.method_cls.needs
+        forget_idx = next(self.forget_stream)
+        batches = {}
+        if "forget" in needs:
+            batches["forget"] = self._batch([self.forget_tok[i] for i in self._local(forget_idx)])
+        if "retain" in needs:
+            retain_idx = next(self.retain_stream)
+            batches["retain"] = self._batch([self.retain_tok[i] for i in self._local(retain_idx)])
+        if "random" in needs:
+            batches["random"] = self._random_batch(forget_idx, step, micro)
+        return batches
+
+    # -------------------------------------------------------------------- loop
+    def _loop(self, start_step: int, before: dict | None) -> dict:
+        cfg, acc, model = self.cfg, self.acc, self.model
+        main = acc.is_main_process
+        log_path = self.run_dir / "log.jsonl"
+        ga = cfg.train.grad_accum
+        model.train()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=cfg.train.max_steps, initial=start_step, desc=f"{self.method_cls.name}", disable=not (main and cfg.train.progress),
+            dynamic_ncols=True,
+        )
+        status, reason = "completed", f"reached max_steps={cfg.train.max_steps}"
+        step = start_step
+        t0 = time.time()
+        tokens_seen = 0
+        last_terms: dict[str, float] = {}
+        unwrapped = acc.unwrap_model(model)
+        while step < cfg.train.max_steps:
+            terms_acc: dict[str, float] = {}
+            total_loss = 0.0
+            finite = True
+            for micro in range(ga):
+                batches = self._step_batches(step, micro)
+                tokens_seen += sum(int(b["attention_mask"].sum()) for b in batches.values())
+                ctx = LossContext(
+                    model=model,
+                    denominator=self._denominator,
+                    reference=(lambda b: self.reference(unwrapped, b)) if self.reference else None,
+                    step=step,
+                )
+                sync = acc.no_sync(model) if (micro < ga - 1 and acc.num_processes > 1) else nullcontext()
+                with sync, acc.autocast():
+                    loss, terms = self.method.loss(ctx, batches)
+                if not torch.isfinite(loss):
+                    finite = False
+                    terms_acc = {k: v for k, v in terms.items()}
+                    total_loss = float(loss.item())
+                    break
+                acc.backward(loss / ga)
+                total_loss += float(loss.item()) / ga
+                for k, v in terms.items():
+                    terms_acc[k] = terms_acc.get(k, 0.0) + v / ga
+            finite = bool(_all_true(acc, finite))
+            if not finite:
+                self.optimizer.zero_grad(set_to_none=True)
+                status, reason = "stopped", f"non-finite loss ({total_loss}) at step {step + 1}; the update was not applied"
+                last_terms = terms_acc
+                if main:
+                    _append_jsonl(log_path, {"step": step + 1, "loss": total_loss, **terms_acc, "event": "non-finite loss"})
+                break
+            grad_norm = None
+            if cfg.train.max_grad_norm:
+                grad_norm = float(acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            step += 1
+            terms_acc = {k: _mean_across(acc, v) for k, v in terms_acc.items()}
+            last_terms = terms_acc
+            record = {"step": step, "loss": _mean_across(acc, total_loss), **terms_acc,
+                      "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                      "elapsed_s": round(time.time() - t0, 3)}
+            if main and step % cfg.train.log_every == 0:
+                _append_jsonl(log_path, record)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in terms_acc.items()})
+            forget_loss = terms_acc.get(self.method_cls.forget_term)
+            if cfg.train.max_forget_loss is not None and forget_loss is not None and forget_loss >= cfg.train.max_forget_loss:
+                status = "stopped"
+                reason = f"forget loss {forget_loss:.4f} reached max_forget_loss={cfg.train.max_forget_loss} at step {step}"
+                break
+            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
+                self._save_checkpoint(step, before)
+            if self.stop_at is not None and step >= self.stop_at and step < cfg.train.max_steps:
+                status, reason = "paused", f"paused at step {step} of {cfg.train.max_steps}; continue with --resume"
+                break
+        bar.close()
+        elapsed = time.time() - t0
+        # A checkpoint of where the run ended, so that it can be inspected or resumed.
+        self._save_checkpoint(step, before)
+        if status == "paused":
+            bar.write(reason)
+            return {"status": status, "reason": reason, "steps": step}
+        after = self._evaluate("after") if cfg.eval.enabled else None
+        summary = {
+            "name": cfg.name,
+            "method": cfg.method,
+            "status": status,
+            "reason": reason,
+            "steps": step,
+            "max_steps": cfg.train.max_steps,
+            "world_size": acc.num_processes,
+            "final_terms": last_terms,
+            "train_seconds": round(elapsed, 2),
+            "tokens_per_second": round(tokens_seen * acc.num_processes / max(elapsed, 1e-9), 1),
+            "eval_before": before,
+            "eval_after": after,
+            "eval_change": _relative_change(before, after),
+            "model_path": None,
+        }
+        if main:
+            if cfg.train.save != "none":
+                unwrapped = acc.unwrap_model(model)
+                out = self.run_dir / ("model" if cfg.train.save == "merged" else "adapter")
+                save_model(unwrapped, self.tokenizer, out, merge=cfg.train.save == "merged")
+                summary["model_path"] = str(out)
+            atomic_write_json(self.run_dir / "summary.json", summary)
+            try:
+                plot_losses(log_path, self.run_dir / "loss_curves.png")
+            except Exception as exc:  # a plot must never lose a finished run
+                print(f"warning: could not draw loss curves: {exc}")
+        acc.wait_for_everyone()
+        return summary
+
+    # ------------------------------------------------------------ evaluation
+    def _evaluate(self, when: str) -> dict | None:
+        if not self.data.heldout:
+            return None
+        from unlearnkit.evaluation.likelihood import answer_nll
+
+        result = None
+        if self.acc.is_main_process:
+            model = self.acc.unwrap_model(self.model)
+            result = {}
+            for name, examples in self.data.heldout.items():
+                template = "raw" if all(not e.prompt for e in examples) else self.cfg.data.template
+                r = answer_nll(model, self.tokenizer, examples, template, max_length=self.cfg.data.max_length,
+                               batch_size=self.cfg.eval.batch_size)
+                result[name] = {"mean_nll": r["mean_nll"], "perplexity": math.exp(min(r["mean_nll"], 50.0)),
+                                "tokens": r["tokens"], "examples": len(examples)}
+            print(f"[{when}] " + ", ".join(f"{k}: nll {v['mean_nll']:.4f}" for k, v in result.items()), flush=True)
+        self.model.train()
+        return result
+
+    # ----------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, step: int, before: dict | None) -> None:
+        acc = self.acc
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return
+        from safetensors.torch import save_file
+
+        root = self.run_dir / "checkpoints"
+        final = root / f"step-{step:06d}"
+        tmp = root / f".step-{step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(trainable_state(acc.unwrap_model(self.model)), str(tmp / "trainable.safetensors"))
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+        state = {"step": step, "forget_stream": self.forget_stream.state(),
+                 "retain_stream": self.retain_stream.state() if self.retain_stream else None,
+                 "eval_before": before}
+        atomic_write_json(tmp / "state.json", state)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in self.checkpoints()[: -self.cfg.train.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _load_checkpoint(self) -> tuple[int, dict]:
+        from safetensors.torch import load_file
+
+        ckpts = self.checkpoints()
+        if not ckpts:
+            raise TrainingError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}.")
+        ckpt = ckpts[-1]
+        state = json.loads((ckpt / "state.json").read_text())
+        unwrapped = self.acc.unwrap_model(self.model)
+        weights = load_file(str(ckpt / "trainable.safetensors"))
+        missing = [n for n in weights if n not in dict(unwrapped.named_parameters())]
+        if missing:
+            raise TrainingError(f"--resume: checkpoint {ckpt} does not fit this model (unknown parameter {missing[0]}).")
+        with torch.no_grad():
+            params = dict(unwrapped.named_parameters())
+            for name, value in weights.items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+        rng = torch.load(ckpt / "rng.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        self.forget_stream.load_state(state["forget_stream"])
+        if self.retain_stream and state.get("retain_stream"):
+            self.retain_stream.load_state(state["retain_stream"])
+        step = int(state["step"])
+        log_path = self.run_dir / "log.jsonl"
+        if self.acc.is_main_process and log_path.exists():
+            # Drop log lines written after the checkpoint: they will be written again.
+            kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+            atomic_write_text(log_path, "".join(k + "\n" for k in kept))
+        print(f"Resuming {self.run_dir} from step {step}", flush=True)
+        return step, state
+
+
+def _all_true(acc, flag: bool) -> bool:
+    if acc.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
+    return bool(acc.reduce(t, reduction="sum").item() == acc.num_processes)
+
+
+def _mean_across(acc, value: float) -> float:
+    if acc.num_processes == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64 if acc.device.type == "cpu" else torch.float32, device=acc.device)
+    return float(acc.reduce(t, reduction="mean").item())
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    except ImportError:
+        pass
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _relative_change(before: dict | None, after: dict | None) -> dict | None:
+    if not before or not after:
+        return None
+    out = {}
+    for name, b in before.items():
+        if name in after and b["mean_nll"]:
+            out[name] = {"nll_change": (after[name]["mean_nll"] - b["mean_nll"]) / b["mean_nll"],
+                         "perplexity_change": (after[name]["perplexity"] - b["perplexity"]) / b["perplexity"]}
+    return out
+
+
+def plot_losses(log_path: Path, out_png: Path) -> Path | None:
+    if not log_path.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "event" not in r]
+    if not rows:
+        return None
+    keys = [k for k in rows[0] if k not in ("step", "lr", "grad_norm", "elapsed_s")]
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
+    steps = [r["step"] for r in rows]
+    for ax, key in zip(axes[:, 0], keys):
+        ax.plot(steps, [r.get(key) for r in rows], lw=1.2)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out_png)
+    return out_png
+
+
+def run_unlearning(cfg: RunConfig, resume: bool = False, overwrite: bool = False, stop_at: int | None = None) -> dict:
+    return Trainer(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at).run()
