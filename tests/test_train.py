@@ -217,3 +217,39 @@ def test_every_forget_example_is_seen(tmp_path, tiny_model_dir, data_files):
 
 def test_methods_are_registered():
     assert {"ga", "gradient_difference", "llm_unlearn"} <= set(METHODS)
+
+
+def test_sku_negates_the_trained_lora_delta(tmp_path, tiny_model_dir, data_files):
+    """After an SKU run the saved model is exactly theta_o - lambda * (theta_h - theta_o)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_cfg(tmp_path, tiny_model_dir, data_files, method="sku", method_params={"negation_scale": 0.5},
+                   train={"max_steps": 3, "save": "merged"})
+    summary = run_unlearning(cfg)
+    assert summary["status"] == "completed"
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    from peft import PeftModel
+
+    harmful = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                        cfg.run_dir / "harmful_adapter").merge_and_unload().state_dict()
+    final = AutoModelForCausalLM.from_pretrained(cfg.run_dir / "model").state_dict()
+    changed = 0
+    for k, o in original.items():
+        expected = o - 0.5 * (harmful[k] - o)
+        torch.testing.assert_close(final[k], expected, atol=1e-6, rtol=1e-5)
+        changed += int(not torch.equal(final[k], o))
+    assert changed > 0
+
+
+def test_task_vector_full_mode_negates(tmp_path, tiny_model_dir, data_files):
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_cfg(tmp_path, tiny_model_dir, data_files, method="task_vector", lora=False,
+                   train={"max_steps": 2, "lr": 1e-2, "save": "merged"})
+    run_unlearning(cfg)
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    harmful = AutoModelForCausalLM.from_pretrained(cfg.run_dir / "harmful").state_dict()
+    final = AutoModelForCausalLM.from_pretrained(cfg.run_dir / "model").state_dict()
+    for k, o in original.items():
+        torch.testing.assert_close(final[k], 2 * o - harmful[k], atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(harmful[k], original[k]) for k in original)

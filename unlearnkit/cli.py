@@ -30,7 +30,9 @@ def cmd_models(args) -> int:
 
 
 def cmd_data_preview(args) -> int:
-    from unlearnkit.config import apply_overrides
+    from pydantic import ValidationError
+
+    from unlearnkit.config import _format_errors, apply_overrides
     from unlearnkit.data.spec import DataSourceConfig, load_examples
     from unlearnkit.data.templates import render_prompt, render_response
     from unlearnkit.data.tokenize import IGNORE_INDEX, tokenize_example
@@ -40,8 +42,9 @@ def cmd_data_preview(args) -> int:
     raw = apply_overrides({"spec": args.spec, "shuffle": False}, args.overrides)
     try:
         ds = DataSourceConfig.model_validate(raw)
-    except Exception as exc:  # pydantic's message names the field
-        raise UnlearnkitError(f"invalid data option: {exc}") from None
+    except ValidationError as exc:  # one line naming the option, as for configs
+        detail = _format_errors(exc).removeprefix("invalid config: ")
+        raise UnlearnkitError(f"invalid data option: {detail}") from None
     tokenizer = load_tokenizer(args.model)
     items = load_examples(ds, tokenizer)
     print(f"{args.spec}: {len(items)} items (template {args.template}, tokenizer of {args.model})")
@@ -90,6 +93,31 @@ def cmd_unlearn(args) -> int:
     return 0 if summary["status"] == "completed" or "max_forget_loss" in summary["reason"] else 3
 
 
+def cmd_negate(args) -> int:
+    from pathlib import Path
+
+    from unlearnkit.models import ALIASES, ensure_alias_cached, load_model, save_model
+    from unlearnkit.negation import negate_checkpoints, negate_lora_
+
+    base = Path(ensure_alias_cached(args.base)) if args.base in ALIASES else Path(args.base)
+    tuned = Path(args.tuned)
+    out = Path(args.out)
+    if (tuned / "adapter_config.json").is_file():
+        # A LoRA adapter: subtract its scaled delta from the base, no second model.
+        from peft import PeftModel
+
+        model, tokenizer = load_model(str(base))
+        model = PeftModel.from_pretrained(model, str(tuned))
+        negated = negate_lora_(model, args.scale)
+        if out.exists() and any(out.iterdir()) and not args.overwrite:
+            raise UnlearnkitError(f"output folder {out} is not empty; pass --overwrite to replace it.")
+        save_model(negated, tokenizer, out)
+    else:
+        negate_checkpoints(base, tuned, out, scale=args.scale, overwrite=args.overwrite)
+    print(f"Negated model (base - {args.scale} x (tuned - base)) written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unlearnkit",
@@ -133,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="pause after STEP steps with a checkpoint (the schedule still targets max_steps)")
     p.set_defaults(func=cmd_unlearn)
+
+    p = sub.add_parser(
+        "negate", help="task-vector negation: OUT = BASE - SCALE x (TUNED - BASE)",
+        description="Stage 2 of SKU on any two checkpoints. TUNED is a full safetensors checkpoint (streamed "
+        "tensor by tensor) or a LoRA adapter folder trained on BASE (its delta is subtracted directly).",
+    )
+    p.add_argument("--base", required=True, help="the original model: a folder or a built-in alias")
+    p.add_argument("--tuned", required=True, help="the model finetuned towards what to forget, or its LoRA adapter")
+    p.add_argument("--scale", type=float, default=1.0, help="lambda (default 1.0)")
+    p.add_argument("--out", required=True, help="output folder (must not be inside an input)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_negate)
     return parser
 
 

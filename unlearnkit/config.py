@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from unlearnkit.data.spec import DataSourceConfig
 from unlearnkit.errors import ConfigError
@@ -24,16 +24,38 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _one_or_many(value: Any) -> str:
+    return "many" if isinstance(value, (list, tuple)) else "one"
+
+
+# One source or a list of them. The input's shape picks the branch, so an error
+# names only that branch's key (data.retain.limit, data.retain[1].spec) instead of
+# reporting both union members under their type names.
+_UNION_TAGS = ("one", "many")
+OneOrManySources = Annotated[
+    Union[Annotated[DataSourceConfig, Tag("one")], Annotated[list[DataSourceConfig], Tag("many")]],
+    Discriminator(_one_or_many),
+]
+
+
 class DataConfig(Strict):
     template: Literal["qa", "chat", "raw"] = "qa"
     max_length: int = Field(512, ge=8, le=131072)
     # Data to forget (harmful answers, a book's passages).
     forget: DataSourceConfig | None = None
-    # Data whose behaviour must be kept (KL or cross-entropy anchor).
-    retain: DataSourceConfig | None = None
+    # Data whose behaviour must be kept (KL or cross-entropy anchor): one
+    # source, or a list whose examples are mixed (e.g. QA pairs and web text).
+    retain: OneOrManySources | None = None
     # Pool of normal answers for the random-mismatch term (llm_unlearn); the
     # retain set when not given.
     random: DataSourceConfig | None = None
+
+
+    @property
+    def retain_sources(self) -> list[DataSourceConfig]:
+        if self.retain is None:
+            return []
+        return list(self.retain) if isinstance(self.retain, list) else [self.retain]
 
 
 class TrainConfig(Strict):
@@ -99,19 +121,29 @@ class RunConfig(Strict):
         return cls.Params.model_validate(params)
 
 
+def _key_path(loc: tuple) -> str:
+    """``data.retain[0].spec`` from pydantic's loc, without the union branch tags."""
+    out = ""
+    for i, part in enumerate(loc):
+        if part in _UNION_TAGS and i > 0 and loc[i - 1] == "retain":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def _format_errors(err: ValidationError, prefix: tuple = (), source: str | None = None) -> str:
     lines = []
     for e in err.errors():
-        path = ".".join(str(p) for p in (*prefix, *e["loc"]))
+        path = _key_path((*prefix, *e["loc"]))
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
         else:
-            msg = e["msg"]
+            msg = e["msg"].removeprefix("Value error, ")
             if "input" in e and not isinstance(e["input"], (dict, list)):
                 msg += f" (got {e['input']!r})"
-        lines.append(f"{path or '<root>'}: {msg}")
+        lines.append(f"{path}: {msg}" if path else msg)
     where = f" in {source}" if source else ""
     return f"invalid config{where}: " + "; ".join(lines)
 
@@ -187,7 +219,11 @@ def _check_files(cfg: RunConfig, source: str | None) -> None:
     from unlearnkit.data.spec import parse_spec
 
     where = f" in {source}" if source else ""
-    sets = {f"data.{k}": getattr(cfg.data, k) for k in ("forget", "retain", "random")}
+    sets = {f"data.{k}": getattr(cfg.data, k) for k in ("forget", "random")}
+    if isinstance(cfg.data.retain, list):
+        sets.update({f"data.retain[{i}]": ds for i, ds in enumerate(cfg.data.retain)})
+    else:
+        sets["data.retain"] = cfg.data.retain
     sets.update({f"eval.nll.{k}": v for k, v in cfg.eval.nll.items()})
     for key, ds in sets.items():
         if ds is None:

@@ -41,6 +41,7 @@ __all__ = [
     "NegationError",
     "negate_checkpoints",
     "negate_lora_",
+    "negate_module_",
     "negate_state_dict",
 ]
 
@@ -649,3 +650,29 @@ def _negate_modules_to_save_(wrapper: Any, adapters: list[str], scale: float) ->
             continue
         copy = trained[pname]
         copy.data.copy_(_negate_tensor(orig.data, copy.data, scale))
+
+
+def negate_module_(tuned: torch.nn.Module, original: torch.nn.Module, scale: float = 1.0) -> torch.nn.Module:
+    """In place on ``tuned``: every float tensor becomes ``original - scale * (tuned - original)``.
+
+    For the full-parameter path of a training run, where the original is the
+    frozen reference already in memory: one tensor at a time, no third copy.
+    """
+    scale = _check_scale(scale)
+    orig = dict(original.state_dict())
+    live = tuned.state_dict()
+    if set(orig) != set(live):
+        _check_same_names(set(orig), set(live), "original model", "tuned model")
+    done: set[int] = set()
+    with torch.no_grad():
+        for name, t in live.items():
+            # Tied weights (embeddings and LM head) share one storage: negate it once.
+            if t.data_ptr() in done:
+                continue
+            done.add(t.data_ptr())
+            b = orig[name].to(t.device)
+            if tuple(b.shape) != tuple(t.shape):
+                raise NegationError(_shape_message(name, tuple(b.shape), tuple(t.shape)))
+            if t.is_floating_point():
+                t.copy_(_negate_tensor(b, t, scale))
+    return tuned

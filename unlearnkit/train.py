@@ -66,17 +66,18 @@ def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
             safe = _paired_safe(d.forget, forget_held, tokenizer)
             if safe:
                 data.heldout["safe_heldout"] = safe
-    if "retain" in method.needs or (method.needs_reference and "retain" in method.needs):
-        if d.retain is None:
-            raise ConfigError(f"method {method.name} needs data.retain (normal data to keep).")
-    if d.retain is not None:
-        retain_all = load_examples(d.retain, tokenizer)
-        retain, retain_held = split_holdout(retain_all, d.retain.holdout, d.retain.seed)
-        data.retain = list(retain)
-        data.descriptions["retain"] = describe(retain)
+    sources = d.retain_sources
+    if "retain" in method.needs and not sources:
+        raise ConfigError(f"method {method.name} needs data.retain (normal data to keep).")
+    for i, source in enumerate(sources):
+        retain_all = load_examples(source, tokenizer)
+        retain, retain_held = split_holdout(retain_all, source.holdout, source.seed)
+        data.retain.extend(retain)
+        key = "retain" if len(sources) == 1 else f"retain{i}"
+        data.descriptions[key] = describe(retain)
         if retain_held:
-            data.heldout["retain_heldout"] = list(retain_held)
-            data.descriptions["retain_heldout"] = describe(retain_held)
+            data.heldout[f"{key}_heldout"] = list(retain_held)
+            data.descriptions[f"{key}_heldout"] = describe(retain_held)
     if "random" in method.needs:
         if method.random_pool == "forget":
             data.random_pool = [e.response for e in data.forget]
@@ -84,7 +85,8 @@ def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
             source = load_examples(d.random, tokenizer) if d.random is not None else data.retain
             if d.random is not None:
                 data.descriptions["random"] = describe(source)
-            data.random_pool = [e.response for e in source if e.response.strip()]
+            # Answers to questions only: a raw text chunk is not an answer.
+            data.random_pool = [e.response for e in source if e.prompt.strip() and e.response.strip()]
         if len(data.random_pool) < 2:
             raise ConfigError("the random-answer pool needs at least two non-empty answers (data.random or data.retain).")
     for name, ds in cfg.eval.nll.items():
@@ -253,7 +255,9 @@ class Trainer:
             if is_peft(model):
                 model.enable_input_require_grads()
 
-        reference = Reference(model, cfg) if self.method_cls.needs_reference else None
+        # Negating methods in full-parameter mode need the original weights too.
+        wants_reference = self.method_cls.needs_reference or (self.method_cls.negates and not is_peft(model))
+        reference = Reference(model, cfg) if wants_reference else None
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise TrainingError("the model has no trainable parameters.")
@@ -412,6 +416,16 @@ class Trainer:
         if status == "paused":
             bar.write(reason)
             return {"status": status, "reason": reason, "steps": step}
+        final_model = acc.unwrap_model(model)
+        if self.method_cls.negates and main:
+            # Keep the trained (e.g. harmful) model, then build the unlearned one from it.
+            harmful_dir = self.run_dir / ("harmful_adapter" if is_peft(final_model) else "harmful")
+            save_model(final_model, self.tokenizer, harmful_dir, merge=False)
+        # A run stopped by a non-finite loss is kept as it was, not negated.
+        if self.method_cls.negates and not reason.startswith("non-finite"):
+            final_model = self.method.finalize(final_model, self.reference)
+            final_model.eval()
+            self.model = final_model
         after = self._evaluate("after") if cfg.eval.enabled else None
         summary = {
             "name": cfg.name,
@@ -431,9 +445,9 @@ class Trainer:
         }
         if main:
             if cfg.train.save != "none":
-                unwrapped = acc.unwrap_model(model)
-                out = self.run_dir / ("model" if cfg.train.save == "merged" else "adapter")
-                save_model(unwrapped, self.tokenizer, out, merge=cfg.train.save == "merged")
+                as_adapter = cfg.train.save == "adapter" and is_peft(final_model)
+                out = self.run_dir / ("adapter" if as_adapter else "model")
+                save_model(final_model, self.tokenizer, out, merge=not as_adapter)
                 summary["model_path"] = str(out)
             atomic_write_json(self.run_dir / "summary.json", summary)
             try:
@@ -454,8 +468,7 @@ class Trainer:
             model = self.acc.unwrap_model(self.model)
             result = {}
             for name, examples in self.data.heldout.items():
-                template = "raw" if all(not e.prompt for e in examples) else self.cfg.data.template
-                r = answer_nll(model, self.tokenizer, examples, template, max_length=self.cfg.data.max_length,
+                r = answer_nll(model, self.tokenizer, examples, self.cfg.data.template, max_length=self.cfg.data.max_length,
                                batch_size=self.cfg.eval.batch_size)
                 result[name] = {"mean_nll": r["mean_nll"], "perplexity": math.exp(min(r["mean_nll"], 50.0)),
                                 "tokens": r["tokens"], "examples": len(examples)}

@@ -44,6 +44,10 @@ def tokenize_example(
     answer marker the model needs), keeping a leading BOS; if the response alone
     is still too long, its tail is cut (the end-of-sequence token goes with it).
     """
+    if not example.prompt:
+        # A text chunk (no prompt) is raw text whatever the run's template: a
+        # question/answer frame around a book passage would teach the frame.
+        template = "raw"
     prompt_text = render_prompt(template, tokenizer, example.prompt)
     response_text = render_response(template, example.response)
     prompt_ids: list[int] = (

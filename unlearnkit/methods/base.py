@@ -49,6 +49,9 @@ class Method:
     random_pool: ClassVar[str] = "random"
     # The summary reports this term's value as the forget loss (positive NLL).
     forget_term: ClassVar[str] = "forget_nll"
+    # True when training builds a model to negate (SKU, task vectors): the
+    # result is ``finalize(trained)``, and the trained model is kept as well.
+    negates: ClassVar[bool] = False
 
     def __init__(self, params: MethodParams | None = None):
         self.params = params if params is not None else self.Params()
@@ -59,3 +62,7 @@ class Method:
 
     def loss(self, ctx: LossContext, batches: dict[str, dict]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def finalize(self, model, reference):
+        """The unlearned model from the trained one (identity for most methods)."""
+        return model
