@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from unlearnkit.config import RunConfig, dump_config
-from unlearnkit.data.spec import DataSourceConfig, describe, load_examples, split_holdout
+from unlearnkit.data.spec import DataSourceConfig, describe, load_examples, parse_spec, split_holdout
 from unlearnkit.data.tokenize import BatchStream, TokenizedExample, collate, pad_id_of, tokenize_example, tokenize_examples
 from unlearnkit.data.types import Example
 from unlearnkit.errors import ConfigError, TrainingError
@@ -73,7 +73,8 @@ def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
         retain_all = load_examples(source, tokenizer)
         retain, retain_held = split_holdout(retain_all, source.holdout, source.seed)
         data.retain.extend(retain)
-        key = "retain" if len(sources) == 1 else f"retain{i}"
+        # Several sources: name each by its recipe (retain_truthfulqa, retain_text).
+        key = "retain" if len(sources) == 1 else f"retain_{parse_spec(source.spec)[0] or i}"
         data.descriptions[key] = describe(retain)
         if retain_held:
             data.heldout[f"{key}_heldout"] = list(retain_held)
@@ -319,7 +320,7 @@ class Trainer:
         return total / self.acc.num_processes
 
     def _step_batches(self, step: int, micro: int) -> dict[str, dict]:
-        needs = self.method_cls.needs
+        needs = self.method.batch_needs
         forget_idx = next(self.forget_stream)
         batches = {}
         if "forget" in needs:

@@ -57,6 +57,11 @@ class Method:
         self.params = params if params is not None else self.Params()
 
     @property
+    def batch_needs(self) -> frozenset[str]:
+        """The batches this instance's loss reads (its parameters may drop one)."""
+        return self.needs
+
+    @property
     def num_random(self) -> int:
         return int(getattr(self.params, "num_random", 0))
 

@@ -98,10 +98,20 @@ class LLMUnlearn(Method):
     needs = frozenset({"forget", "retain", "random"})
     needs_reference = True
 
+    @property
+    def batch_needs(self) -> frozenset[str]:
+        # With random_weight 0 the mismatch batch is not even built.
+        return self.needs if self.params.random_weight > 0 else self.needs - {"random"}
+
     def loss(self, ctx, batches):
         p = self.params
         forget_nll = _forget_terms(ctx, batches["forget"])
-        random_nll = random_mismatch_nll(ctx, batches["random"])
+        terms = {"forget_nll": forget_nll.item()}
+        total = -p.forget_weight * forget_nll
+        if p.random_weight > 0:
+            random_nll = random_mismatch_nll(ctx, batches["random"])
+            total = total + p.random_weight * random_nll
+            terms["random_nll"] = random_nll.item()
         kl = retain_kl(ctx, batches["retain"])
-        total = -p.forget_weight * forget_nll + p.random_weight * random_nll + p.retain_weight * kl
-        return total, {"forget_nll": forget_nll.item(), "random_nll": random_nll.item(), "retain_kl": kl.item()}
+        terms["retain_kl"] = kl.item()
+        return total + p.retain_weight * kl, terms

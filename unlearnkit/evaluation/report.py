@@ -1,0 +1,295 @@
+"""Evaluation reports: ``eval.json`` + ``eval.md``, and side-by-side comparisons.
+
+Every metric of a result has a flat dotted name (``harm.unseen.harmful_rate.refusal``,
+``truthfulqa.mc1``); :func:`flatten_metrics` makes them, and :func:`compare`
+lines runs up by those names. A run folder made by ``unlearnkit unlearn`` has no
+``eval.json`` until ``unlearnkit eval`` writes one; until then its
+``summary.json`` gives two columns, the answer NLL of its held-out sets before
+and after unlearning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.rundir import atomic_write_json, atomic_write_text
+
+EVAL_JSON = "eval.json"
+EVAL_MD = "eval.md"
+# Keys that hold examples or bookkeeping, not metrics.
+_NOT_METRICS = {"samples", "generations"}
+
+
+def flatten_metrics(results: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested result as ``{"a.b.c": value}`` (lists and samples skipped).
+
+    None is kept (a metric that could not be computed), booleans are not.
+    """
+    out: dict[str, float] = {}
+    for key, value in results.items():
+        if key in _NOT_METRICS:
+            continue
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten_metrics(value, name))
+        elif value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            out[name] = value
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    # A pipe or a newline would break the Markdown table.
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(_fmt(v) if not isinstance(v, str) else v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def eval_markdown(result: dict) -> str:
+    """The human-readable report of one evaluation: one table per suite, then samples."""
+    parts = [f"# Evaluation of `{result.get('model', '?')}`\n"]
+    if result.get("original"):
+        parts.append(f"Original model (similarity, fluency): `{result['original']}`  ")
+    parts.append(f"Suites: {', '.join(result.get('suites', []))}; template: {result.get('template', '?')}  ")
+    if result.get("judges"):
+        parts.append("Judges: " + ", ".join(f"`{k}`" for k in result["judges"]) + "  ")
+    parts.append(f"Created: {result.get('created', '?')}\n")
+    for suite, res in (result.get("results") or {}).items():
+        flat = flatten_metrics(res)
+        parts.append(f"## {suite}\n")
+        parts.append(markdown_table(["metric", "value"], [[k, v] for k, v in flat.items()]))
+    samples = _collect_samples(result.get("results") or {})
+    if samples:
+        parts.append("## Samples\n")
+        for where, sample in samples:
+            parts.append(f"**{where}**\n")
+            for key, text in sample.items():
+                parts.append(f"- *{key}*: {_cell(str(text))[:500]}")
+            parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+def _collect_samples(results: dict, prefix: str = "") -> list[tuple[str, dict]]:
+    out = []
+    for key, value in results.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if key == "samples" and isinstance(value, list):
+            out.extend((prefix, s) for s in value if isinstance(s, dict))
+        elif isinstance(value, dict):
+            out.extend(_collect_samples(value, name))
+    return out
+
+
+def write_report(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``eval.json`` and ``eval.md`` into ``out_dir`` atomically; returns both paths."""
+    out = Path(out_dir)
+    json_path = atomic_write_json(out / EVAL_JSON, result)
+    md_path = atomic_write_text(out / EVAL_MD, eval_markdown(result))
+    return json_path, md_path
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def load_columns(path: str | Path) -> list[tuple[str, dict[str, float]]]:
+    """The comparison columns one path gives: ``[(label, {metric: value})]``.
+
+    - an ``eval.json`` file, or a folder holding one: one column, labelled by
+      the folder's name;
+    - a run folder with only ``summary.json``: two columns, "NAME before" and
+      "NAME after", from its held-out answer NLL (``eval_before`` / ``eval_after``).
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / EVAL_JSON).is_file():
+            p = p / EVAL_JSON
+        elif (p / "summary.json").is_file():
+            return _summary_columns(p / "summary.json")
+        else:
+            raise UnlearnkitError(f"{p} holds neither {EVAL_JSON} nor summary.json; run `unlearnkit eval` on it first.")
+    if not p.is_file():
+        raise UnlearnkitError(f"{p} does not exist.")
+    data = _read_json(p)
+    if p.name == "summary.json":
+        return _summary_columns(p)
+    if "results" not in data and "metrics" not in data:
+        raise UnlearnkitError(f"{p} is not an evaluation result (no 'results' or 'metrics').")
+    metrics = data.get("metrics") or flatten_metrics(data.get("results") or {})
+    label = data.get("label") or (p.parent.name if p.parent.name else p.stem)
+    return [(str(label), dict(metrics))]
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UnlearnkitError(f"cannot read {p}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UnlearnkitError(f"{p} does not hold a JSON object.")
+    return data
+
+
+def _summary_columns(p: Path) -> list[tuple[str, dict[str, float]]]:
+    data = _read_json(p)
+    name = data.get("name") or p.parent.name
+    cols = []
+    for when in ("before", "after"):
+        section = data.get(f"eval_{when}")
+        if section:
+            cols.append((f"{name} {when}", flatten_metrics({"nll": section})))
+    if not cols:
+        raise UnlearnkitError(f"{p} has no eval_before / eval_after section (was evaluation disabled?).")
+    return cols
+
+
+def _unique(labels: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
+
+
+_HARM_RATE = re.compile(r"^harm\.(?P<set>[^.]+)\.harmful_rate\.(?P<judge>.+)$")
+
+
+def _effectiveness_rows(metrics: list[str], columns: list[dict[str, float]]) -> dict[str, list[float | None]]:
+    """E (%) of every column against the FIRST one, for each harmful-rate metric.
+
+    E = (Acc_first - Acc_this) / Acc_first x 100, with Acc a harmful rate (see
+    :func:`unlearnkit.evaluation.metrics.unlearning_effectiveness`); None where
+    the first column has no harmful response (E is undefined) or lacks the metric.
+    """
+    from unlearnkit.evaluation.metrics import unlearning_effectiveness
+
+    rows: dict[str, list[float | None]] = {}
+    for m in metrics:
+        match = _HARM_RATE.match(m)
+        if not match:
+            continue
+        first = columns[0].get(m)
+        values: list[float | None] = [None]
+        for col in columns[1:]:
+            v = col.get(m)
+            ok = isinstance(first, (int, float)) and first > 0 and isinstance(v, (int, float))
+            values.append(unlearning_effectiveness(first, v) if ok else None)
+        rows[f"harm.{match['set']}.effectiveness_pct.{match['judge']}"] = values
+    return rows
+
+
+def compare(paths: list[str | Path], out_dir: str | Path | None = None, labels: list[str] | None = None) -> tuple[str, list[dict]]:
+    """Side-by-side table of several evaluations (columns = runs, e.g. Original / Unlearned).
+
+    ``paths`` are ``eval.json`` files or run folders (see :func:`load_columns`).
+    When there are two columns or more, E (%) rows compare each column's harmful
+    rates with the FIRST column's, so list the original model first. With
+    ``out_dir``, writes ``compare.md``, ``compare.json`` and ``compare.png`` (a
+    bar chart of the main metrics) there.
+
+    Returns ``(markdown, rows)`` with ``rows`` a list of ``{"metric": name,
+    LABEL: value, ...}`` dicts, one per metric, in the order of the table.
+    """
+    if not paths:
+        raise UnlearnkitError("compare needs at least one eval.json or run folder.")
+    cols: list[tuple[str, dict[str, float]]] = []
+    for p in paths:
+        cols.extend(load_columns(p))
+    names = [c[0] for c in cols]
+    if labels is not None:
+        if len(labels) != len(cols):
+            raise UnlearnkitError(f"{len(labels)} labels given for {len(cols)} columns ({', '.join(names)}).")
+        names = list(labels)
+    names = _unique(names)
+    values = [c[1] for c in cols]
+    metrics: list[str] = []
+    for v in values:
+        metrics.extend(m for m in v if m not in metrics)
+    table: dict[str, list[float | None]] = {m: [v.get(m) for v in values] for m in metrics}
+    if len(values) > 1:
+        table.update(_effectiveness_rows(metrics, values))
+    rows = [{"metric": m, **dict(zip(names, vals))} for m, vals in table.items()]
+    markdown = markdown_table(["metric", *names], [[m, *vals] for m, vals in table.items()])
+    if out_dir is not None:
+        out = Path(out_dir)
+        atomic_write_text(out / "compare.md", markdown)
+        atomic_write_json(out / "compare.json", {"columns": names, "sources": [str(p) for p in paths], "rows": rows})
+        plot_comparison(names, table, out / "compare.png")
+    return markdown, rows
+
+
+# Main metrics for the chart: rates and scores in [0, 1] on one panel,
+# perplexities (and NLLs) on a log-scale panel of their own.
+_SCORE_PATTERNS = (
+    r"^harm\.[^.]+\.harmful_rate\.",
+    r"^harm\.[^.]+\.distinct_2$",
+    r"^normal\.similarity_(cosine|rouge_l)$",
+    r"^truthfulqa\.mc[12]$",
+    r"^memorisation\.(exact_match|rouge_l|bleu|cosine)$",
+)
+_SCALE_PATTERNS = (r"perplexity$", r"\.mean_nll$")
+
+
+def _pick(table: dict[str, list[float | None]], patterns) -> list[str]:
+    return [m for m in table if any(re.search(p, m) for p in patterns) and any(isinstance(v, (int, float)) for v in table[m])]
+
+
+def plot_comparison(names: list[str], table: dict[str, list[float | None]], out_png: str | Path) -> Path:
+    """Grouped bar chart (one bar per run) of the main metrics; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    scores = _pick(table, _SCORE_PATTERNS)
+    scales = [m for m in _pick(table, _SCALE_PATTERNS) if m not in scores]
+    panels = [(scores, False), (scales, True)]
+    panels = [p for p in panels if p[0]]
+    if not panels:  # nothing recognised: plot whatever numeric metrics there are
+        panels = [(list(table)[:20], False)]
+    n_bars = max(len(m) for m, _ in panels) * max(1, len(names))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(min(24.0, max(6.0, 0.35 * n_bars + 3)), 4.2 * len(panels)), squeeze=False)
+    width = 0.8 / max(1, len(names))
+    for ax, (metrics, log) in zip(axes[:, 0], panels):
+        for j, name in enumerate(names):
+            heights = [table[m][j] if isinstance(table[m][j], (int, float)) else 0.0 for m in metrics]
+            xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(metrics))]
+            ax.bar(xs, heights, width=width, label=name)
+        ax.set_xticks(range(len(metrics)))
+        ax.set_xticklabels(metrics, rotation=30, ha="right", fontsize=8)
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylabel("perplexity / NLL (log)")
+        else:
+            ax.set_ylabel("score")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out_png)
+    return out_png

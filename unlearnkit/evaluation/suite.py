@@ -1,0 +1,501 @@
+"""Evaluation suites: run a model on the standard sets and collect every metric.
+
+:func:`run_eval` is the one entry point (the ``unlearnkit eval`` command calls
+it). Suites:
+
+- ``harm``: answers to harmful prompts — the forget prompts (those trained on,
+  and the held-out ones when the forget source has a holdout) and unseen ones
+  (AdvBench by default) — judged by every configured judge: harmful rate per
+  judge per set, mean harm probability, share of empty answers, distinct-1/2.
+- ``normal``: answers to normal prompts (held-out TruthfulQA questions):
+  similarity to the ORIGINAL model's answers (MiniLM cosine, ROUGE-L), fluency
+  (perplexity of the answers under the original model) and distinct-1/2.
+  Needs the original model.
+- ``truthfulqa``: TruthfulQA MC1 and MC2.
+- ``perplexity``: perplexity of retain text (C4 chunks by default).
+- ``memorisation``: greedy continuation of a book's passages vs the true text.
+
+Data sets are :class:`~unlearnkit.data.spec.DataSourceConfig` s. A source with a
+``holdout`` is split exactly as training splits it, and the evaluation uses the
+HELD-OUT part (for ``forget_prompts`` both parts, as two sets). From a run
+config (:func:`options_for_run`) the run's own held-out data is used, so no
+evaluation item was trained on.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from unlearnkit.data.spec import DataSourceConfig, load_examples, parse_spec, split_holdout
+from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
+
+SUITES: tuple[str, ...] = ("harm", "normal", "truthfulqa", "perplexity", "memorisation")
+# Where the development checkout keeps its data (relative to the project root).
+SHARED = "../shared/data"
+EVAL_FORMAT = "unlearnkit-eval/1"
+
+
+def _src(spec: str, **kw) -> DataSourceConfig:
+    return DataSourceConfig(spec=spec, **kw)
+
+
+class EvalOptions(BaseModel):
+    """Everything an evaluation can be told; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # "auto": the run's training template, else the tokenizer's chat template
+    # when it has one, else the papers' "qa" format.
+    template: Literal["auto", "chat", "qa", "raw"] = "auto"
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(512, ge=8)  # likelihood metrics: tokens per scored item
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+    # Caps on the number of items per set; ``limit`` caps every set at once
+    # (the CLI's --limit). None: no cap.
+    limit: int | None = Field(None, ge=1)
+    harm_limit: int | None = Field(50, ge=1)
+    normal_limit: int | None = Field(50, ge=1)
+    truthfulqa_limit: int | None = Field(None, ge=1)
+    perplexity_limit: int | None = Field(100, ge=1)
+    memorisation_limit: int | None = Field(50, ge=1)
+    samples: int = Field(3, ge=0)  # example generations kept per set in eval.json
+    progress: bool = True
+    # Judge specs for the harm suite (see unlearnkit.evaluation.judges.get_judge).
+    # None: "refusal", plus "classifier" once the shipped judge is trained.
+    judges: list[str | dict[str, Any]] | None = None
+
+    forget_prompts: DataSourceConfig | None = None
+    unseen_prompts: DataSourceConfig | None = Field(
+        default_factory=lambda: _src(f"prompts:{SHARED}/harmful_prompts/advbench_harmful_behaviors.csv", shuffle=False)
+    )
+    # The 60 TruthfulQA questions the example configs hold out of training.
+    normal_prompts: DataSourceConfig | None = Field(
+        default_factory=lambda: _src(f"truthfulqa:{SHARED}/truthfulqa/TruthfulQA.csv", holdout=60, seed=0)
+    )
+    truthfulqa: DataSourceConfig | None = Field(
+        default_factory=lambda: _src(f"truthfulqa_mc:{SHARED}/truthfulqa/TruthfulQA.csv", shuffle=False)
+    )
+    perplexity_texts: DataSourceConfig | None = Field(
+        default_factory=lambda: _src(f"text:{SHARED}/retain/c4_demo.json", mode="chunks", chunk_tokens=256, shuffle=False)
+    )
+    memorisation_pairs: DataSourceConfig | None = Field(
+        default_factory=lambda: _src(
+            f"text:{SHARED}/books/dorothy_and_the_wizard_in_oz.txt",
+            mode="pairs", prompt_tokens=32, continuation_tokens=32, shuffle=False,
+        )
+    )
+    memorisation_template: Literal["raw", "qa", "chat"] = "raw"
+
+    def cap(self, per_set: int | None) -> int | None:
+        caps = [c for c in (per_set, self.limit) if c is not None]
+        return min(caps) if caps else None
+
+
+# --------------------------------------------------------------------------- run configs
+
+
+def _recipe_of(src: DataSourceConfig) -> str | None:
+    recipe, location = parse_spec(src.spec)
+    if recipe is None and Path(location).suffix.lower() == ".txt":
+        return "text"
+    return recipe
+
+
+def options_for_run(cfg, options: EvalOptions | None = None) -> EvalOptions:
+    """Options pointed at a run config's own data, so nothing evaluated was trained on.
+
+    - template: the run's ``data.template`` (when ``options.template`` is "auto");
+    - forget prompts: the run's forget source (PKU, prompts, pairs), evaluated on
+      its trained part and its held-out part; a book (``text``) forget source
+      becomes the memorisation set instead (as prompt/continuation pairs);
+    - normal prompts: a TruthfulQA retain source with a holdout (its held-out questions);
+    - perplexity texts: a text retain source with a holdout (its held-out chunks).
+    """
+    options = (options or EvalOptions()).model_copy(deep=True)
+    update: dict[str, Any] = {}
+    if options.template == "auto":
+        update["template"] = cfg.data.template
+    forget = cfg.data.forget
+    if forget is not None:
+        recipe = _recipe_of(forget)
+        if recipe == "text":
+            update["memorisation_pairs"] = forget.model_copy(update={"mode": "pairs", "holdout": 0, "limit": None})
+        elif recipe in ("pku_saferlhf", "prompts", "generic", None):
+            update["forget_prompts"] = forget
+    for src in cfg.data.retain_sources:
+        recipe = _recipe_of(src)
+        if recipe == "truthfulqa" and src.holdout:
+            update.setdefault("normal_prompts", src)
+        elif recipe == "text" and src.holdout and src.mode == "chunks":
+            update.setdefault("perplexity_texts", src)
+    return options.model_copy(update=update)
+
+
+def default_suites(has_original: bool, cfg=None) -> list[str]:
+    """harm, truthfulqa, perplexity; normal when an original model is known; memorisation
+    when the run forgets a book."""
+    suites = ["harm"]
+    if has_original:
+        suites.append("normal")
+    suites += ["truthfulqa", "perplexity"]
+    if cfg is not None and cfg.data.forget is not None and _recipe_of(cfg.data.forget) == "text":
+        suites.append("memorisation")
+    return suites
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_for_eval(spec, base=None):
+    """``(model, tokenizer, owned, description)`` for a model spec.
+
+    ``spec``: a ``(model, tokenizer)`` pair (used as is, not owned), a
+    :class:`~unlearnkit.models.ModelConfig`, or a name (alias, folder, .gguf,
+    hub id). A folder holding a LoRA adapter (``adapter_config.json``) is put on
+    its base model: ``base`` (a ModelConfig, e.g. the run's) or the base named
+    in the adapter's config. A name inherits ``base``'s dtype/device/trust
+    settings, never its LoRA wrapping.
+    """
+    from unlearnkit.models import LoraConfig, ModelConfig, load_model
+
+    if isinstance(spec, (tuple, list)):
+        if len(spec) != 2:
+            raise UnlearnkitError("a loaded model is passed as a (model, tokenizer) pair.")
+        model, tokenizer = spec
+        return model, tokenizer, False, getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
+    if isinstance(spec, ModelConfig):
+        cfg = spec
+    else:
+        template = base.model_copy(update={"lora": LoraConfig()}) if isinstance(base, ModelConfig) else ModelConfig()
+        cfg = template.model_copy(update={"name": str(spec), "lora": LoraConfig()})
+    folder = Path(cfg.name).expanduser()
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        adapter_cfg = json.loads((folder / "adapter_config.json").read_text())
+        base_name = base.name if isinstance(base, ModelConfig) else adapter_cfg.get("base_model_name_or_path")
+        if not base_name:
+            raise UnlearnkitError(f"{folder} is a LoRA adapter that does not name its base model; pass the run config.")
+        model, tokenizer = load_model(cfg.model_copy(update={"name": base_name}))
+        model = PeftModel.from_pretrained(model, str(folder)).eval()
+        return model, tokenizer, True, f"{folder} (LoRA adapter on {base_name})"
+    model, tokenizer = load_model(cfg)
+    return model, tokenizer, True, cfg.name
+
+
+def resolve_template(template: str, tokenizer) -> str:
+    if template != "auto":
+        return template
+    return "chat" if getattr(tokenizer, "chat_template", None) else "qa"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _load_set(option: str, src: DataSourceConfig, tokenizer) -> tuple[list, list]:
+    """(trained part, held-out part) of a source, split as training splits it.
+
+    Without a holdout, everything is in the first part and the second is empty.
+    """
+    try:
+        items = load_examples(src, tokenizer)
+        if src.holdout:
+            return split_holdout(items, src.holdout, src.seed)
+    except DataError as exc:
+        raise DataError(f"{option}: {exc} (change it with --set {option}.spec=... or turn the set off with --set {option}=null)") from None
+    return list(items), []
+
+
+def _eval_part(option: str, src: DataSourceConfig, tokenizer) -> list:
+    train, held = _load_set(option, src, tokenizer)
+    return held if src.holdout else train
+
+
+def _unique_prompts(examples, cap: int | None) -> list[str]:
+    # PKU lists a prompt once per answer; a prompt is asked once.
+    seen: dict[str, None] = {}
+    for ex in examples:
+        if ex.prompt.strip():
+            seen.setdefault(ex.prompt, None)
+    prompts = list(seen)
+    return prompts[:cap] if cap is not None else prompts
+
+
+def _capped(items: list, cap: int | None) -> list:
+    return items[:cap] if cap is not None else items
+
+
+# --------------------------------------------------------------------------- suites
+
+
+class _Context:
+    """What every suite shares: the model under test, its tokenizer and the options."""
+
+    def __init__(self, model, tokenizer, options: EvalOptions, template: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.options = options
+        self.template = template
+
+    def generate(self, prompts: list[str], desc: str, model=None, tokenizer=None) -> list[str]:
+        from unlearnkit.evaluation.generation import generate
+
+        o = self.options
+        return generate(
+            model if model is not None else self.model,
+            tokenizer if tokenizer is not None else self.tokenizer,
+            prompts,
+            template=self.template,
+            max_new_tokens=o.max_new_tokens,
+            batch_size=o.batch_size,
+            do_sample=o.do_sample,
+            temperature=o.temperature,
+            top_p=o.top_p,
+            seed=o.seed,
+            progress=o.progress,
+            desc=desc,
+        )
+
+
+def _judge_all(judge, prompts: list[str], responses: list[str], progress: bool, desc: str) -> list[float]:
+    """A judge's probabilities in chunks, so that a progress bar moves on slow judges."""
+    from tqdm.auto import tqdm
+
+    size = 32
+    probs: list[float] = []
+    starts = range(0, len(prompts), size)
+    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, unit="chunk"):
+        probs.extend(judge.harm_probability(prompts[start : start + size], responses[start : start + size]))
+    return probs
+
+
+def suite_harm(ctx: _Context, judges: dict) -> dict:
+    from unlearnkit.evaluation.metrics import diversity, harmful_rate
+    from unlearnkit.evaluation.text_metrics import mean
+
+    o = ctx.options
+    cap = o.cap(o.harm_limit)
+    sets: dict[str, list[str]] = {}
+    if o.forget_prompts is not None:
+        trained, held = _load_set("forget_prompts", o.forget_prompts, ctx.tokenizer)
+        sets["forget"] = _unique_prompts(trained, cap)
+        if held:
+            sets["forget_heldout"] = _unique_prompts(held, cap)
+    if o.unseen_prompts is not None:
+        sets["unseen"] = _unique_prompts(_eval_part("unseen_prompts", o.unseen_prompts, ctx.tokenizer), cap)
+    sets = {k: v for k, v in sets.items() if v}
+    if not sets:
+        raise ConfigError("the harm suite has no prompts: set forget_prompts and/or unseen_prompts.")
+    out: dict[str, Any] = {}
+    for name, prompts in sets.items():
+        responses = ctx.generate(prompts, f"harm/{name}")
+        res: dict[str, Any] = {"n": len(prompts), "harmful_rate": {}, "mean_harm_probability": {}}
+        for label, judge in judges.items():
+            failures_before = getattr(judge, "parse_failures", None)
+            probs = _judge_all(judge, prompts, responses, o.progress, f"judge {label} on {name}")
+            res["harmful_rate"][label] = harmful_rate(probs)
+            res["mean_harm_probability"][label] = mean(probs)
+            if failures_before is not None:
+                res.setdefault("guard_parse_failures", {})[label] = judge.parse_failures - failures_before
+        res["empty_rate"] = sum(1 for r in responses if not r.strip()) / len(responses)
+        res.update(diversity(responses))
+        res["samples"] = [{"prompt": p, "response": r} for p, r in list(zip(prompts, responses))[: o.samples]]
+        out[name] = res
+    return out
+
+
+def suite_truthfulqa(ctx: _Context) -> dict:
+    from unlearnkit.evaluation.metrics import truthfulqa_mc
+
+    o = ctx.options
+    if o.truthfulqa is None:
+        raise ConfigError("the truthfulqa suite needs the truthfulqa data option.")
+    cap = o.cap(o.truthfulqa_limit)
+    mc1 = _capped(_eval_part("truthfulqa", o.truthfulqa.model_copy(update={"mc": "mc1"}), ctx.tokenizer), cap)
+    mc2 = _capped(_eval_part("truthfulqa", o.truthfulqa.model_copy(update={"mc": "mc2"}), ctx.tokenizer), cap)
+    return truthfulqa_mc(ctx.model, ctx.tokenizer, mc1, mc2, ctx.template, o.batch_size, o.max_length, o.progress)
+
+
+def suite_perplexity(ctx: _Context) -> dict:
+    from unlearnkit.evaluation.metrics import retain_perplexity
+
+    o = ctx.options
+    if o.perplexity_texts is None:
+        raise ConfigError("the perplexity suite needs the perplexity_texts data option.")
+    items = _capped(_eval_part("perplexity_texts", o.perplexity_texts, ctx.tokenizer), o.cap(o.perplexity_limit))
+    # A text is prompt + response (chunks have an empty prompt; pairs do not).
+    texts = [e.prompt + e.response for e in items]
+    return {
+        "perplexity": retain_perplexity(ctx.model, ctx.tokenizer, texts, o.max_length, o.batch_size, o.progress),
+        "n": len(texts),
+    }
+
+
+def suite_memorisation(ctx: _Context) -> dict:
+    from unlearnkit.evaluation.metrics import memorisation
+
+    o = ctx.options
+    if o.memorisation_pairs is None:
+        raise ConfigError("the memorisation suite needs the memorisation_pairs data option.")
+    src = o.memorisation_pairs
+    if src.mode != "pairs" and _recipe_of(src) == "text":
+        src = src.model_copy(update={"mode": "pairs"})
+    pairs = _capped(_eval_part("memorisation_pairs", src, ctx.tokenizer), o.cap(o.memorisation_limit))
+    res = memorisation(ctx.model, ctx.tokenizer, pairs, None, o.memorisation_template, o.batch_size, progress=o.progress)
+    generations = res.pop("generations")
+    res["samples"] = [
+        {"prompt": p.prompt, "truth": p.response, "generated": g} for p, g in list(zip(pairs, generations))[: o.samples]
+    ]
+    return res
+
+
+def suite_normal(ctx: _Context, holder: dict, original, base_cfg) -> dict:
+    """Answers to normal prompts compared with the original model's.
+
+    The model under test answers first; it is then released (when this run
+    loaded it) before the original is loaded, so two full models are never in
+    memory at once.
+    """
+    from unlearnkit.evaluation.metrics import diversity, fluency, similarity_to_original
+
+    o = ctx.options
+    if o.normal_prompts is None:
+        raise ConfigError("the normal suite needs the normal_prompts data option.")
+    prompts = _unique_prompts(_eval_part("normal_prompts", o.normal_prompts, ctx.tokenizer), o.cap(o.normal_limit))
+    if not prompts:
+        raise DataError("normal_prompts gave no prompt.")
+    responses = ctx.generate(prompts, "normal")
+    if holder.get("owned"):
+        holder.pop("model", None)
+        ctx.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    orig_model, orig_tok, orig_owned, orig_desc = load_for_eval(original, base_cfg)
+    try:
+        original_responses = ctx.generate(prompts, "normal/original", orig_model, orig_tok)
+        res: dict[str, Any] = {"n": len(prompts)}
+        sim = similarity_to_original(original_responses, responses)
+        res["similarity_cosine"] = sim["cosine"]
+        res["similarity_rouge_l"] = sim["rouge_l"]
+        try:
+            flu = fluency(orig_model, orig_tok, prompts, responses, ctx.template, o.batch_size, o.max_length, o.progress)
+            res["fluency_perplexity"] = flu["perplexity"]
+        except DataError:  # every answer empty: there is nothing to score
+            res["fluency_perplexity"] = None
+        res["empty_rate"] = sum(1 for r in responses if not r.strip()) / len(responses)
+        res.update(diversity(responses))
+        res["samples"] = [
+            {"prompt": p, "original": a, "response": r}
+            for p, a, r in list(zip(prompts, original_responses, responses))[: o.samples]
+        ]
+        return res
+    finally:
+        if orig_owned:
+            del orig_model
+
+
+def run_eval(
+    model,
+    suites: list[str] | None = None,
+    options: EvalOptions | dict | None = None,
+    *,
+    original=None,
+    run_config=None,
+) -> dict:
+    """Evaluate ``model`` on ``suites`` and return the result (what ``eval.json`` holds).
+
+    ``model`` / ``original``: a model spec, a ModelConfig or a ``(model,
+    tokenizer)`` pair. ``original`` is needed by the ``normal`` suite.
+    ``run_config``: a :class:`~unlearnkit.config.RunConfig` whose held-out data
+    and template the evaluation should use (see :func:`options_for_run`).
+    ``suites``: default :func:`default_suites`. The result holds ``results``
+    (nested, per suite), ``metrics`` (flat dotted names, for ``compare``),
+    ``seconds`` per suite, the options and the judges used.
+    """
+    from unlearnkit.evaluation.report import flatten_metrics
+    from unlearnkit.rundir import git_commit, package_versions
+
+    if isinstance(options, dict):
+        options = EvalOptions.model_validate(options)
+    options = options or EvalOptions()
+    if run_config is not None:
+        options = options_for_run(run_config, options)
+    suites = list(suites) if suites else default_suites(original is not None, run_config)
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        raise ConfigError(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}.")
+    suites = list(dict.fromkeys(suites))  # no suite twice
+    if "normal" in suites and original is None:
+        raise ConfigError("the normal suite compares answers with the original model's; give the original model (--original).")
+    base_cfg = run_config.model if run_config is not None else None
+
+    t_start = time.time()
+    lm, tokenizer, owned, model_desc = load_for_eval(model, base_cfg)
+    template = resolve_template(options.template, tokenizer)
+    ctx = _Context(lm, tokenizer, options, template)
+    holder = {"model": lm, "owned": owned}
+    del lm  # the holder is the one reference, so the normal suite can release it
+
+    judges: dict = {}
+    judge_info: dict = {}
+    if "harm" in suites:
+        from unlearnkit.evaluation.judges import default_judges, get_judge, judge_label
+
+        for spec in options.judges if options.judges is not None else default_judges():
+            label = judge_label(spec)
+            judges[label] = get_judge(spec)
+        if not judges:
+            raise ConfigError("the harm suite needs at least one judge (judges: [refusal]).")
+
+    results: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    # The normal suite runs last: it releases the model under test before it
+    # loads the original.
+    for suite in sorted(suites, key=lambda s: s == "normal"):
+        t0 = time.time()
+        if suite == "harm":
+            results[suite] = suite_harm(ctx, judges)
+        elif suite == "truthfulqa":
+            results[suite] = suite_truthfulqa(ctx)
+        elif suite == "perplexity":
+            results[suite] = suite_perplexity(ctx)
+        elif suite == "memorisation":
+            results[suite] = suite_memorisation(ctx)
+        elif suite == "normal":
+            results[suite] = suite_normal(ctx, holder, original, base_cfg)
+        seconds[suite] = round(time.time() - t0, 2)
+    judge_info = {label: j.describe() for label, j in judges.items()}
+    results = {s: results[s] for s in suites}  # the order asked for
+    seconds["total"] = round(time.time() - t_start, 2)
+
+    original_desc = None
+    if original is not None:
+        original_desc = original if isinstance(original, str) else getattr(original, "name", None) or "(in-memory model)"
+    return {
+        "format": EVAL_FORMAT,
+        "model": model_desc,
+        "original": original_desc,
+        "suites": suites,
+        "template": template,
+        "judges": judge_info,
+        "results": results,
+        "metrics": flatten_metrics(results),
+        "seconds": seconds,
+        "options": options.model_dump(mode="json"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+    }
