@@ -426,6 +426,10 @@ def _f(x, fmt="{:.2f}"):
     return "n/a" if x is None else fmt.format(x)
 
 
+def _x(x):
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
 def markdown(results: list[dict], rat: dict) -> str:
     lines = [
         "| method | case | real tokens/step | positions/step | s/step | tokens/s | peak MiB | warm-up loss |",
@@ -451,8 +455,8 @@ def markdown(results: list[dict], rat: dict) -> str:
         ok1 = "" if t1 is None else (" (met)" if t1 >= 1.5 else " (NOT met)")
         ok2 = "" if m1 is None else (" (met)" if m1 <= 0.5 else " (NOT met)")
         lines.append(
-            f"| {method} | {_f(t1)}x{ok1} | {_f(m1)}x{ok2} | {_f(q['full_throughput_ours_vs_reference'])}x | "
-            f"{_f(q['lora_peak_ours_vs_reference'])}x | {_f(q['full_peak_ours_vs_reference'])}x |"
+            f"| {method} | {_x(t1)}{ok1} | {_x(m1)}{ok2} | {_x(q['full_throughput_ours_vs_reference'])} | "
+            f"{_x(q['lora_peak_ours_vs_reference'])} | {_x(q['full_peak_ours_vs_reference'])} |"
         )
     return "\n".join(lines)
 

@@ -168,8 +168,9 @@ def test_compare_two_evaluations(tmp_path):
     assert "| truthfulqa.mc2 | – | – |" in lines
     assert "| perplexity.perplexity | 12.500 | 14.250 |" in lines
     assert "| harm.unseen.n | 50 | 50 |" in lines
-    # E = (0.8 - 0.2) / 0.8 * 100 against the first column.
-    assert "| harm.unseen.effectiveness_pct.refusal | – | 75.000 |" in lines
+    # E = (0.8 - 0.2) / 0.8 * 100 against the first column, right under its harmful rate.
+    e_line = "| harm.unseen.effectiveness_pct.refusal | – | 75.000 |"
+    assert lines[lines.index("| harm.unseen.harmful_rate.refusal | 0.800 | 0.200 |") + 1] == e_line
     by_metric = {row["metric"]: row for row in rows}
     assert by_metric["harm.unseen.effectiveness_pct.refusal"] == {
         "metric": "harm.unseen.effectiveness_pct.refusal", "original": None, "unlearned": pytest.approx(75.0)
@@ -200,7 +201,7 @@ def test_compare_reads_a_run_summary_and_names_columns(tmp_path):
     markdown, rows = compare([same, other])
     assert markdown.splitlines()[0] == "| metric | x | x (2) |"  # labels made unique
     markdown, _ = compare([same, other], labels=["Original", "Unlearned"])
-    assert "| harm.unseen.effectiveness_pct.refusal | – | 100.000 |" in markdown.splitlines()
+    assert "| harm.unseen.effectiveness_pct.refusal | – | 100.0 |" in markdown.splitlines()
 
 
 def test_eval_command_writes_reports(tiny_model_dir, shared_data, tmp_path, capsys):

@@ -66,7 +66,7 @@ _KEEP_CACHE: dict[type, bool] = {}
 def answer_logits(model, batch: dict[str, torch.Tensor]) -> AnswerLogits:
     """Run the model and return float32 logits only where answer tokens are predicted."""
     columns, targets, mask = answer_columns(batch["labels"])
-    kind = type(model)
+    kind = type(_core_model(model))
     if kind not in _KEEP_CACHE:
         _KEEP_CACHE[kind] = _supports_logits_to_keep(model)
     kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)

@@ -8,7 +8,6 @@ CLI's ``main`` prints those as one line).
 
 from __future__ import annotations
 
-import argparse
 import shlex
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def eval_options(config_options: dict | None, overrides: list[str], limit: int |
 
 
 def cmd_eval(args) -> int:
-    from unlearnkit.evaluation.report import eval_markdown, flatten_metrics, markdown_table, write_report
+    from unlearnkit.evaluation.report import flatten_metrics, markdown_table, write_report
     from unlearnkit.evaluation.suite import run_eval
 
     cfg = None

@@ -12,12 +12,12 @@ scored (nothing precedes it).
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Sequence
 
 import torch
 
+from unlearnkit.losses import answer_logits
 from unlearnkit.data.tokenize import IGNORE_INDEX, TokenizedExample, collate, pad_id_of, tokenize_example
 from unlearnkit.data.types import Example, MCItem
 from unlearnkit.errors import DataError
@@ -30,15 +30,6 @@ def _model_device(model) -> torch.device:
         return next(model.parameters()).device
 
 
-def _accepts_logits_to_keep(model) -> bool:
-    """Whether the model's forward takes ``logits_to_keep`` (looks through a PEFT wrapper)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 @torch.no_grad()
 def _score_tokenized(
     model, items: Sequence[TokenizedExample], pad_token_id: int, batch_size: int
@@ -46,12 +37,12 @@ def _score_tokenized(
     """Log-probabilities of the scored tokens of each item, in input order.
 
     Returns one 1-D float32 CPU tensor per item (empty when the item has no
-    scored token). The caller is responsible for ``model.eval()``.
+    scored token). The caller is responsible for ``model.eval()``. Logits are
+    computed only at answer positions (the same path as the training losses).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = _model_device(model)
-    use_keep = _accepts_logits_to_keep(model)
     results: list[torch.Tensor | None] = [None] * len(items)
     # Longest first: similar lengths share a batch (little padding), and an
     # out-of-memory error shows up on the first batch rather than the last.
@@ -59,44 +50,17 @@ def _score_tokenized(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = collate([items[i] for i in idx], pad_token_id, padding_side="right")
-        input_ids = batch["input_ids"].to(device)
-        attention_mask = batch["attention_mask"].to(device)
-        labels = batch["labels"]
-        width = labels.shape[1]
-
-        # Target of position t is labels[t + 1]; position 0 has no predictor.
-        targets = labels[:, 1:]
-        scored = targets != IGNORE_INDEX
-        if not scored.any():
+        if not (batch["labels"][:, 1:] != IGNORE_INDEX).any():
             for i in idx:
                 results[i] = torch.zeros(0)
             continue
-
-        kwargs = {}
-        # Only the logits of answer positions are needed. With right padding the
-        # prompt comes first, so keeping the last `keep` positions, from the
-        # earliest predicting position in the batch, covers every scored token
-        # and saves the (vocab-sized) logits of most prompt positions.
-        first_pred = int(scored.any(dim=0).nonzero()[0])  # earliest predicting position
-        keep = width - first_pred
-        if use_keep and keep < width:
-            kwargs["logits_to_keep"] = keep
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-        # Positions first_pred .. width-2 predict target columns first_pred ..
-        # width-2 (keep >= 2 since first_pred <= width - 2). Slicing from the end
-        # is right whether or not the model honoured logits_to_keep.
-        logits = logits[:, -keep:][:, : keep - 1]
-        targets = targets[:, first_pred:]
-        scored = scored[:, first_pred:]
-
+        al = answer_logits(model, {k: v.to(device) for k, v in batch.items()})
         # Gather only the scored positions before the softmax: a (tokens x vocab)
-        # float32 tensor instead of (batch x width x vocab).
-        sel = scored.to(logits.device)
-        picked = logits[sel].float().log_softmax(dim=-1)
-        tgt = targets[scored].to(picked.device)
-        token_lp = picked.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu()
+        # tensor instead of (batch x width x vocab).
+        picked = al.logits[al.mask].log_softmax(dim=-1)
+        token_lp = picked.gather(-1, al.targets[al.mask].unsqueeze(-1)).squeeze(-1).cpu()
         # Boolean indexing is row-major, so rows come out in batch order.
-        counts = scored.sum(dim=1).tolist()
+        counts = al.mask.sum(dim=1).tolist()
         for i, lp in zip(idx, torch.split(token_lp, counts)):
             results[i] = lp
     return results  # type: ignore[return-value]

@@ -82,10 +82,14 @@ def eval_markdown(result: dict) -> str:
     samples = _collect_samples(result.get("results") or {})
     if samples:
         parts.append("## Samples\n")
+        last = None
         for where, sample in samples:
-            parts.append(f"**{where}**\n")
-            for key, text in sample.items():
-                parts.append(f"- *{key}*: {_cell(str(text))[:500]}")
+            if where != last:
+                parts.append(f"### {where}\n")
+                last = where
+            for i, (key, text) in enumerate(sample.items()):
+                # One bullet per sample, its fields indented under it.
+                parts.append(f"{'- ' if i == 0 else '  '}*{key}*: {_cell(str(text))[:500]}  ")
             parts.append("")
     return "\n".join(parts) + "\n"
 
@@ -226,9 +230,15 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, labels: 
     metrics: list[str] = []
     for v in values:
         metrics.extend(m for m in v if m not in metrics)
-    table: dict[str, list[float | None]] = {m: [v.get(m) for v in values] for m in metrics}
-    if len(values) > 1:
-        table.update(_effectiveness_rows(metrics, values))
+    effectiveness = _effectiveness_rows(metrics, values) if len(values) > 1 else {}
+    table: dict[str, list[float | None]] = {}
+    for m in metrics:
+        table[m] = [v.get(m) for v in values]
+        match = _HARM_RATE.match(m)
+        if match:  # E sits right under the harmful rate it is computed from
+            e_name = f"harm.{match['set']}.effectiveness_pct.{match['judge']}"
+            if e_name in effectiveness:
+                table[e_name] = effectiveness[e_name]
     rows = [{"metric": m, **dict(zip(names, vals))} for m, vals in table.items()]
     markdown = markdown_table(["metric", *names], [[m, *vals] for m, vals in table.items()])
     if out_dir is not None:

@@ -93,7 +93,8 @@ class EvalOptions(BaseModel):
     memorisation_pairs: DataSourceConfig | None = Field(
         default_factory=lambda: _src(
             f"text:{SHARED}/books/dorothy_and_the_wizard_in_oz.txt",
-            mode="pairs", prompt_tokens=32, continuation_tokens=32, shuffle=False,
+            # Shuffled (seeded): pairs from across the book, not its title pages.
+            mode="pairs", prompt_tokens=32, continuation_tokens=32, shuffle=True, seed=0,
         )
     )
     memorisation_template: Literal["raw", "qa", "chat"] = "raw"
