@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from unlearnkit.errors import ConfigError, DataError
+from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.evaluation.report import compare, flatten_metrics, load_columns, write_report
 from unlearnkit.evaluation.suite import SUITES, EvalOptions, default_suites, options_for_run, run_eval
 
@@ -226,3 +226,53 @@ def test_eval_command_writes_reports(tiny_model_dir, shared_data, tmp_path, caps
     bad = parser.parse_args(["eval", "--model", str(tiny_model_dir), "--set", "max_new_token=3"])
     with pytest.raises(ConfigError, match="max_new_token: unknown key"):
         bad.func(bad)
+
+
+def test_eval_command_on_a_run_config_with_a_lora_adapter(peaked_model_dir, shared_data, tmp_path, capsys):
+    import yaml
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from unlearnkit.evaluation.commands import add_commands
+
+    d = shared_data
+    config = {
+        "name": "tiny-run",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"name": str(peaked_model_dir)},
+        "data": {
+            "template": "qa",
+            "forget": {"spec": f"pku_saferlhf:{d}/pku_saferlhf/pku_saferlhf_5k.json", "limit": 10, "holdout": 4},
+            "retain": {"spec": f"truthfulqa:{d}/truthfulqa/TruthfulQA.csv", "holdout": 5},
+        },
+        "method": {"name": "llm_unlearn"},
+    }
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "runs" / "tiny-run"
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    argv = ["eval", str(cfg_path), "--suite", "harm,normal", "--limit", "2", "--set", "max_new_tokens=3",
+            "--set", "progress=false", "--set", "unseen_prompts=null", "--set", "judges=[refusal]"]
+    args = parser.parse_args(argv)
+    with pytest.raises(UnlearnkitError, match="holds no saved model"):
+        args.func(args)
+
+    # The run saved only a LoRA adapter: eval puts it on the run's base model.
+    base = AutoModelForCausalLM.from_pretrained(peaked_model_dir)
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(run_dir / "adapter")
+    assert args.func(args) == 0
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert saved["template"] == "qa" and saved["original"] == str(peaked_model_dir)
+    assert "LoRA adapter" in saved["model"]
+    assert set(saved["results"]["harm"]) == {"forget", "forget_heldout"}
+    normal = saved["results"]["normal"]
+    assert normal["n"] == 2
+    # The adapter changes the model, so its answers are not all the original's.
+    assert any(s["original"] != s["response"] for s in normal["samples"])
+    # The normal prompts are the run's held-out TruthfulQA questions.
+    from unlearnkit.data.spec import DataSourceConfig, load_examples, split_holdout
+
+    src = DataSourceConfig(spec=f"truthfulqa:{d}/truthfulqa/TruthfulQA.csv", holdout=5)
+    _, held = split_holdout(load_examples(src), 5, 0)
+    assert [s["prompt"] for s in normal["samples"]] == [e.prompt for e in held[:2]]

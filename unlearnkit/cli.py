@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (must not be inside an input)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_negate)
+
+    from unlearnkit.evaluation.commands import add_commands
+
+    add_commands(sub)  # eval, compare, judge train, judge eval
     return parser
 
 

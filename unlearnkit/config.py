@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from unlearnkit.data.spec import DataSourceConfig
+from unlearnkit.evaluation.suite import EvalOptions
 from unlearnkit.errors import ConfigError
 from unlearnkit.models import ModelConfig
 
@@ -90,6 +91,8 @@ class EvalConfig(Strict):
     batch_size: int = Field(8, ge=1)
     # Named sets whose mean answer NLL is measured (raw text: perplexity).
     nll: dict[str, DataSourceConfig] = Field(default_factory=dict)
+    # Options of `unlearnkit eval CONFIG` (data sets, judges, generation); see docs/evaluation.md.
+    suite: EvalOptions = Field(default_factory=EvalOptions)
 
 
 class RunConfig(Strict):
