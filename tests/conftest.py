@@ -83,6 +83,21 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0):
     return model
 
 
+@pytest.fixture(scope="module")
+def peaked_llama(smol_tokenizer):
+    """A tiny Llama with peaked, prompt-dependent distributions (clear argmaxes)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = smol_tokenizer
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, initializer_range=0.2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
 @pytest.fixture
 def tiny_llama(smol_tokenizer):
     return tiny_model("llama", len(smol_tokenizer))

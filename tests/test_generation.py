@@ -11,26 +11,12 @@ from unlearnkit.evaluation.generation import generate
 
 @pytest.fixture(scope="module")
 def tok(smol_tokenizer):
-    # The real SmolLM2 tokenizer, loaded once per session by conftest (~10 s).
     return smol_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model(tok):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.2,  # peaked distributions: clear argmaxes, prompt-dependent outputs
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+def model(peaked_llama):
+    return peaked_llama
 
 
 # Clearly different lengths, and not sorted by length, so batching reorders them.

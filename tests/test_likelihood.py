@@ -20,26 +20,12 @@ from unlearnkit.evaluation.likelihood import answer_nll, mc_scores, perplexity, 
 
 @pytest.fixture(scope="module")
 def tok(smol_tokenizer):
-    # The real SmolLM2 tokenizer, loaded once per session by conftest (~10 s).
     return smol_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model(tok):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.2,  # peaked, prompt-dependent distributions
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+def model(peaked_llama):
+    return peaked_llama
 
 
 def qa_ids(tok, question: str, answer: str, eos: bool) -> tuple[list[int], int]:

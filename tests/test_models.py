@@ -7,7 +7,6 @@ import io
 import json
 import shutil
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

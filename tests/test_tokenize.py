@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from unlearnkit.data.templates import render_prompt
 from unlearnkit.data.tokenize import (
