@@ -191,3 +191,47 @@ def test_answer_logits_only_computes_answer_columns(models):
     # Columns: positions that predict an answer token in at least one row.
     assert al.logits.shape[1] < batch["input_ids"].shape[1]
     assert int(al.mask.sum()) == sum(len(r) for _, r in FORGET)
+
+
+@pytest.mark.parametrize("divergence", ["hinge", "unbounded"])
+def test_sku_terms(models, divergence):
+    cur, ref = models
+    m = get_method("sku")
+    kl = hand_kl(ref, cur, RETAIN)
+    # A target above the KL keeps the hinge active; check the hinge's value exactly.
+    method = m(m.Params(e1=2.5, e2=1.5, e3=0.7, divergence=divergence, kl_target=kl + 0.3))
+    batches = {"forget": as_batch(FORGET), "random": as_batch(RANDOM), "retain": as_batch(RETAIN)}
+    loss, terms = method.loss(make_ctx(cur, ref), batches)
+    f, rnd = hand_mean_nll(cur, FORGET), hand_mean_nll(cur, RANDOM)
+    assert terms["forget_nll"] == pytest.approx(f, rel=1e-5)
+    assert terms["random_nll"] == pytest.approx(rnd, rel=1e-5)
+    assert terms["retain_kl"] == pytest.approx(kl, rel=1e-4)
+    divergence_term = -kl if divergence == "unbounded" else 0.3
+    assert float(loss) == pytest.approx(2.5 * f + 1.5 * rnd + 0.7 * divergence_term, rel=1e-4)
+
+
+def test_sku_hinge_is_flat_past_its_target(models):
+    cur, ref = models
+    m = get_method("sku")
+    kl = hand_kl(ref, cur, RETAIN)
+    method = m(m.Params(e1=1.0, e2=0.0, e3=1.0, kl_target=kl / 2))
+    batches = {"forget": as_batch(FORGET), "random": as_batch(RANDOM), "retain": as_batch(RETAIN)}
+    loss, _ = method.loss(make_ctx(cur, ref), batches)
+    # Past the target the divergence contributes nothing: the loss is e1 * NLL alone.
+    assert float(loss) == pytest.approx(hand_mean_nll(cur, FORGET), rel=1e-5)
+
+
+def test_task_vector_stage_one_learns_the_forget_answers(models):
+    cur, _ = models
+    loss, terms = get_method("task_vector")().loss(make_ctx(cur), {"forget": as_batch(FORGET)})
+    assert float(loss) == pytest.approx(hand_mean_nll(cur, FORGET), rel=1e-5)
+
+
+def test_llm_unlearn_without_random_weight_needs_no_random_batch(models):
+    cur, ref = models
+    m = get_method("llm_unlearn")
+    method = m(m.Params(forget_weight=1.0, random_weight=0.0, retain_weight=2.0))
+    assert "random" not in method.batch_needs
+    loss, terms = method.loss(make_ctx(cur, ref), {"forget": as_batch(FORGET), "retain": as_batch(RETAIN)})
+    assert "random_nll" not in terms
+    assert float(loss) == pytest.approx(-hand_mean_nll(cur, FORGET) + 2.0 * hand_kl(ref, cur, RETAIN), rel=1e-4)
