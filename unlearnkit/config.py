@@ -61,6 +61,10 @@ class DataConfig(Strict):
 
 class TrainConfig(Strict):
     max_steps: int = Field(1000, ge=1)
+    # Alternative to max_steps: passes over the forget set (may be fractional).
+    # The run derives max_steps = ceil(epochs x batches per epoch / grad_accum)
+    # once the data is loaded; its saved config.yaml records that max_steps.
+    epochs: float | None = Field(None, gt=0)
     batch_size: int = Field(2, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(2e-6, gt=0, le=1.0)
@@ -83,6 +87,20 @@ class TrainConfig(Strict):
     save: Literal["merged", "adapter", "none"] = "merged"
     threads: int | None = Field(None, ge=1)
     progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_max_steps_is_unset(cls, data: Any) -> Any:
+        # `--set train.max_steps=null` switches a config with max_steps to epochs.
+        if isinstance(data, dict) and "max_steps" in data and data["max_steps"] is None:
+            data = {k: v for k, v in data.items() if k != "max_steps"}
+        return data
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self):
+        if self.epochs is not None and "max_steps" in self.model_fields_set:
+            raise ValueError("give train.epochs or train.max_steps, not both (set the other one to null)")
+        return self
 
 
 class EvalConfig(Strict):

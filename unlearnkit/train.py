@@ -32,7 +32,8 @@ from unlearnkit.models import describe_source, is_peft, load_model, save_model
 from unlearnkit.rundir import atomic_write_json, atomic_write_text, check_not_inside, manifest
 
 # Keys of the config that may change between a run and its resumption.
-RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "save_every"), ("train", "progress"), ("train", "keep_checkpoints")}
+RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "epochs"), ("train", "save_every"), ("train", "progress"),
+                     ("train", "keep_checkpoints")}
 
 
 @dataclass
@@ -75,6 +76,8 @@ def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
         data.retain.extend(retain)
         # Several sources: name each by its recipe (retain_truthfulqa, retain_text).
         key = "retain" if len(sources) == 1 else f"retain_{parse_spec(source.spec)[0] or i}"
+        if key in data.descriptions:  # two sources of one recipe (two text corpora): number the later one
+            key = f"{key}_{i}"
         data.descriptions[key] = describe(retain)
         if retain_held:
             data.heldout[f"{key}_heldout"] = list(retain_held)
@@ -235,9 +238,18 @@ class Trainer:
         self.pad_id = pad_id_of(tokenizer)
         data = prepare_data(cfg, tokenizer, self.method_cls)
         self.data = data
-        tok = lambda exs: tokenize_examples(exs, tokenizer, cfg.data.template, cfg.data.max_length)  # noqa: E731
+        tok = lambda exs: tokenize_examples(exs, tokenizer, cfg.data.template, cfg.data.max_length,  # noqa: E731
+                                            add_eos=self.method.add_eos)
         self.forget_tok = tok(data.forget)
         self.retain_tok = tok(data.retain) if data.retain else []
+        if cfg.train.epochs is not None:
+            # Epochs become an exact step count before the schedule is built; the
+            # saved config.yaml records it (epochs: null), so a reload is the same run.
+            per_epoch = math.ceil(len(self.forget_tok) / (cfg.train.batch_size * acc.num_processes))
+            steps = max(1, math.ceil(cfg.train.epochs * per_epoch / cfg.train.grad_accum))
+            if main:
+                print(f"train.epochs={cfg.train.epochs:g}: {per_epoch} batches per epoch -> max_steps={steps}", flush=True)
+            cfg.train = cfg.train.model_copy(update={"max_steps": steps, "epochs": None})
 
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,11 @@ class Method:
     def num_random(self) -> int:
         return int(getattr(self.params, "num_random", 0))
 
+    @property
+    def add_eos(self) -> bool:
+        """Whether training examples end with the end-of-sequence token."""
+        return True
+
     def loss(self, ctx: LossContext, batches: dict[str, dict]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
