@@ -86,9 +86,15 @@ def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
         if method.random_pool == "forget":
             data.random_pool = [e.response for e in data.forget]
         else:
-            source = load_examples(d.random, tokenizer) if d.random is not None else data.retain
+            source = data.retain
             if d.random is not None:
+                # The pool's held-out part is measured, never drawn as an answer.
+                source, random_held = split_holdout(load_examples(d.random, tokenizer), d.random.holdout, d.random.seed)
                 data.descriptions["random"] = describe(source)
+                if random_held:
+                    key = f"random_{parse_spec(d.random.spec)[0] or 'pool'}_heldout"
+                    data.heldout[key] = list(random_held)
+                    data.descriptions[key] = describe(random_held)
             # Answers to questions only: a raw text chunk is not an answer.
             data.random_pool = [e.response for e in source if e.prompt.strip() and e.response.strip()]
         if len(data.random_pool) < 2:
