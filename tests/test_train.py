@@ -253,3 +253,18 @@ def test_task_vector_full_mode_negates(tmp_path, tiny_model_dir, data_files):
     for k, o in original.items():
         torch.testing.assert_close(final[k], 2 * o - harmful[k], atol=1e-6, rtol=1e-5)
     assert any(not torch.equal(harmful[k], original[k]) for k in original)
+
+
+def test_random_pool_holdout_is_measured_never_drawn(tmp_path, tiny_model_dir, data_files):
+    from unlearnkit.methods import get_method
+    from unlearnkit.models import load_tokenizer
+    from unlearnkit.train import prepare_data
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"prompt": f"Q{i}?", "response": f"answer number {i}"}) + "\n" for i in range(20)))
+    cfg = make_cfg(tmp_path, tiny_model_dir, data_files)
+    cfg.data.random = type(cfg.data.forget)(spec=f"generic:{pool}", holdout=5, seed=1)
+    data = prepare_data(cfg, load_tokenizer(str(tiny_model_dir)), get_method("llm_unlearn"))
+    held = data.heldout["random_generic_heldout"]
+    assert len(held) == 5 and len(data.random_pool) == 15
+    assert not {e.response for e in held} & set(data.random_pool)
