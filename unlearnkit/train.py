@@ -74,8 +74,8 @@ def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
         retain_all = load_examples(source, tokenizer)
         retain, retain_held = split_holdout(retain_all, source.holdout, source.seed)
         data.retain.extend(retain)
-        # Several sources: name each by its recipe (retain_truthfulqa, retain_text).
-        key = "retain" if len(sources) == 1 else f"retain_{parse_spec(source.spec)[0] or i}"
+        # Each source is named by its recipe (retain_truthfulqa, retain_text).
+        key = f"retain_{parse_spec(source.spec)[0] or i}"
         if key in data.descriptions:  # two sources of one recipe (two text corpora): number the later one
             key = f"{key}_{i}"
         data.descriptions[key] = describe(retain)
