@@ -98,6 +98,20 @@ def peaked_llama(smol_tokenizer):
     return LlamaForCausalLM(config).eval()
 
 
+def peaked_other_arch(arch: str, tok):
+    """A tiny OPT or GPT-2 with peaked distributions (learned absolute positions)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(1)
+    ids = dict(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if arch == "opt":
+        cfg = OPTConfig(vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                        word_embed_proj_dim=32, max_position_embeddings=128, init_std=0.2, **ids)
+        return OPTForCausalLM(cfg).eval()
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128, initializer_range=0.2, **ids)
+    return GPT2LMHeadModel(cfg).eval()
+
+
 @pytest.fixture
 def tiny_llama(smol_tokenizer):
     return tiny_model("llama", len(smol_tokenizer))

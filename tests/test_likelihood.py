@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 
 import pytest
+
+from tests.conftest import peaked_other_arch
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from unlearnkit.data.types import Example, MCItem
 from unlearnkit.evaluation.likelihood import answer_nll, mc_scores, perplexity, token_logprobs
@@ -171,15 +173,7 @@ def test_mc_scores_toy_values_from_fixed_likelihoods(monkeypatch):
 
 
 def other_arch(arch: str, tok):
-    """A tiny OPT or GPT-2 (different position schemes and logits_to_keep implementations)."""
-    torch.manual_seed(1)
-    ids = dict(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    if arch == "opt":
-        cfg = OPTConfig(vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
-                        word_embed_proj_dim=32, max_position_embeddings=128, init_std=0.2, **ids)
-        return OPTForCausalLM(cfg).eval()
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128, initializer_range=0.2, **ids)
-    return GPT2LMHeadModel(cfg).eval()
+    return peaked_other_arch(arch, tok)
 
 
 @pytest.mark.parametrize("arch", ["opt", "gpt2"])

@@ -199,16 +199,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return out
 
 
-def load_raw(path: str | Path) -> dict:
+def load_raw(path: str | Path, what: str = "config file",
+             sections: str = "sections (model, data, method, train, eval)") -> dict:
+    """A YAML file that must hold a mapping; errors name the file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist.")
+        raise ConfigError(f"{what} {p} does not exist.")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {p} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of sections (model, data, method, train, eval).")
+        raise ConfigError(f"{what} {p} must hold a mapping of {sections}.")
     return data
 
 

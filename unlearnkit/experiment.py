@@ -164,21 +164,13 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | None 
     Every stage's config is resolved and validated here too, so a mistake in the
     last stage is reported before the first one trains for hours.
     """
-    from unlearnkit.config import apply_overrides
+    from unlearnkit.config import apply_overrides, load_raw
 
     source = str(path) if path is not None else None
     if raw is None:
         if path is None:
             raise ConfigError("give an experiment file (or a raw mapping).")
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"experiment file {p} does not exist.")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"experiment file {p} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"experiment file {p} must hold a mapping (name, original, stages, ...).")
+        raw = load_raw(path, what="experiment file", sections="keys (name, original, stages, ...)")
     raw = apply_overrides(raw, overrides or [])
     variables = raw.get("vars") or {}
     if not isinstance(variables, dict):
