@@ -83,19 +83,29 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0):
     return model
 
 
-@pytest.fixture(scope="module")
-def peaked_llama(smol_tokenizer):
-    """A tiny Llama with peaked, prompt-dependent distributions (clear argmaxes)."""
+def peaked_llama_model(tok, hidden_size: int = 32):
+    """A tiny Llama with peaked, prompt-dependent distributions (clear argmaxes; it writes words)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = smol_tokenizer
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, initializer_range=0.2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def save_peaked_llama(out: Path, tok, hidden_size: int = 32) -> Path:
+    """:func:`peaked_llama_model` saved as a model folder with ``tok``."""
+    peaked_llama_model(tok, hidden_size).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def peaked_llama(smol_tokenizer):
+    return peaked_llama_model(smol_tokenizer)
 
 
 def peaked_other_arch(arch: str, tok):

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import save_peaked_llama
 import torch
 import yaml
 
@@ -51,17 +53,7 @@ LORA = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, smol_tokenizer):
     """A tiny Llama with peaked logits, so that a LoRA adapter can make it memorise text quickly."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2, tie_word_embeddings=True,
-                         bos_token_id=smol_tokenizer.bos_token_id, eos_token_id=smol_tokenizer.eos_token_id,
-                         pad_token_id=smol_tokenizer.pad_token_id)
-    out = tmp_path_factory.mktemp("book-model") / "tiny"
-    LlamaForCausalLM(config).save_pretrained(out)
-    smol_tokenizer.save_pretrained(out)
-    return out
+    return save_peaked_llama(tmp_path_factory.mktemp("book-model") / "tiny", smol_tokenizer, hidden_size=64)
 
 
 @pytest.fixture

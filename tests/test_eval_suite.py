@@ -8,6 +8,8 @@ import math
 
 import pytest
 
+from tests.conftest import save_peaked_llama
+
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.evaluation.report import compare, flatten_metrics, load_columns, write_report
 from unlearnkit.evaluation.suite import SUITES, EvalOptions, default_suites, options_for_run, run_eval
@@ -36,18 +38,7 @@ def _options(shared_data, **extra) -> EvalOptions:
 @pytest.fixture(scope="module")
 def peaked_model_dir(tmp_path_factory, smol_tokenizer):
     """A tiny Llama with peaked logits (it writes words, not just newlines), saved with SmolLM2's tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2, tie_word_embeddings=True,
-                         bos_token_id=smol_tokenizer.bos_token_id, eos_token_id=smol_tokenizer.eos_token_id,
-                         pad_token_id=smol_tokenizer.pad_token_id)
-    out = tmp_path_factory.mktemp("peaked") / "tiny"
-    LlamaForCausalLM(config).save_pretrained(out)
-    smol_tokenizer.save_pretrained(out)
-    return out
+    return save_peaked_llama(tmp_path_factory.mktemp("peaked") / "tiny", smol_tokenizer, hidden_size=32)
 
 
 def _numeric(value) -> bool:
