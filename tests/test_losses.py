@@ -193,7 +193,7 @@ def test_answer_logits_only_computes_answer_columns(models):
     assert int(al.mask.sum()) == sum(len(r) for _, r in FORGET)
 
 
-@pytest.mark.parametrize("divergence", ["hinge", "unbounded"])
+@pytest.mark.parametrize("divergence", ["hinge", "unbounded", "anchor"])
 def test_sku_terms(models, divergence):
     cur, ref = models
     m = get_method("sku")
@@ -206,7 +206,7 @@ def test_sku_terms(models, divergence):
     assert terms["forget_nll"] == pytest.approx(f, rel=1e-5)
     assert terms["random_nll"] == pytest.approx(rnd, rel=1e-5)
     assert terms["retain_kl"] == pytest.approx(kl, rel=1e-4)
-    divergence_term = -kl if divergence == "unbounded" else 0.3
+    divergence_term = {"unbounded": -kl, "hinge": 0.3, "anchor": kl}[divergence]
     assert float(loss) == pytest.approx(2.5 * f + 1.5 * rnd + 0.7 * divergence_term, rel=1e-4)
 
 
@@ -219,6 +219,85 @@ def test_sku_hinge_is_flat_past_its_target(models):
     loss, _ = method.loss(make_ctx(cur, ref), batches)
     # Past the target the divergence contributes nothing: the loss is e1 * NLL alone.
     assert float(loss) == pytest.approx(hand_mean_nll(cur, FORGET), rel=1e-5)
+
+
+def lora_on(model, seed=3):
+    """A LoRA-wrapped copy of ``model`` whose adapter is not zero (B drawn at random)."""
+    from peft import LoraConfig, get_peft_model
+
+    wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return wrapped
+
+
+def test_sku_anchor_negated_is_the_kl_of_the_negated_copy(models):
+    """anchor_negated = + KL(original || theta_o - lambda * delta) on retain, the model stage 2 returns."""
+    from unlearnkit.negation import negate_lora_
+
+    _, ref = models
+    harmful = lora_on(ref)
+    m = get_method("sku")
+    method = m(m.Params(e1=2.5, e2=1.5, e3=0.7, divergence="anchor_negated", negation_scale=0.6))
+    batches = {"forget": as_batch(FORGET), "random": as_batch(RANDOM), "retain": as_batch(RETAIN)}
+    ctx = make_ctx(harmful, ref)
+    loss, terms = method.loss(ctx, batches)
+    # Hand computation on the negated weights themselves, built by stage 2's own code path.
+    negated = negate_lora_(copy.deepcopy(harmful), 0.6)
+    kl = hand_kl(ref, negated, RETAIN)
+    f, rnd = hand_mean_nll(harmful, FORGET), hand_mean_nll(harmful, RANDOM)
+    assert kl > 1e-3  # the adapter moves the negated copy: the test can tell the two apart
+    assert terms["retain_kl"] == pytest.approx(kl, rel=1e-4)
+    assert terms["forget_nll"] == pytest.approx(f, rel=1e-5)  # the forget term sees the harmful copy
+    assert float(loss) == pytest.approx(2.5 * f + 1.5 * rnd + 0.7 * kl, rel=1e-4)
+    # The scalings are restored: the model is the harmful copy again.
+    assert hand_mean_nll(harmful, FORGET) == pytest.approx(f, rel=1e-12)
+
+
+def test_sku_anchor_negated_gradient_reaches_the_adapter(models):
+    """The gradient of the negated anchor flows into A and B; the base weights stay frozen."""
+    _, ref = models
+    harmful = lora_on(ref)
+    m = get_method("sku")
+    method = m(m.Params(e1=0.0, e2=0.0, e3=1.0, divergence="anchor_negated"))
+    loss, _ = method.loss(make_ctx(harmful, ref), {"forget": as_batch(FORGET), "retain": as_batch(RETAIN)})
+    loss.backward()
+    lora_grads = [p.grad for n, p in harmful.named_parameters() if "lora_" in n]
+    assert lora_grads and all(g is not None for g in lora_grads)
+    assert sum(float(g.abs().sum()) for g in lora_grads) > 0
+    assert all(p.grad is None for n, p in harmful.named_parameters() if "lora_" not in n)
+
+
+def test_sku_anchor_negated_needs_lora_and_a_scale(models):
+    cur, ref = models
+    m = get_method("sku")
+    method = m(m.Params(divergence="anchor_negated"))
+    batches = {"forget": as_batch(FORGET), "random": as_batch(RANDOM), "retain": as_batch(RETAIN)}
+    with pytest.raises(RuntimeError, match="LoRA"):
+        method.loss(make_ctx(cur, ref), batches)
+    with pytest.raises(ValueError, match="negation_scale"):
+        m.Params(divergence="anchor_negated", negation_scale=0.0)
+    with pytest.raises(ValueError):
+        m.Params(divergence="repel")
+    # Checkpointed layers would recompute the un-negated forward in backward: refused.
+    harmful = lora_on(ref)
+    harmful.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    with pytest.raises(RuntimeError, match="gradient checkpointing"):
+        method.loss(make_ctx(harmful, ref), batches)
+
+
+def test_sku_without_e2_needs_no_random_batch(models):
+    cur, ref = models
+    m = get_method("sku")
+    method = m(m.Params(e1=1.5, e2=0.0, e3=2.0, divergence="anchor"))
+    assert "random" not in method.batch_needs
+    assert "random" in m(m.Params()).batch_needs
+    loss, terms = method.loss(make_ctx(cur, ref), {"forget": as_batch(FORGET), "retain": as_batch(RETAIN)})
+    assert "random_nll" not in terms
+    assert float(loss) == pytest.approx(1.5 * hand_mean_nll(cur, FORGET) + 2.0 * hand_kl(ref, cur, RETAIN), rel=1e-4)
 
 
 def test_task_vector_stage_one_learns_the_forget_answers(models):

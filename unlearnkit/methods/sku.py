@@ -12,7 +12,21 @@ stage 2 would otherwise remove too). As published it maximises the KL
 (``divergence: unbounded``: the term is -KL and can grow without limit). The
 bounded form (``divergence: hinge``) is ``max(0, kl_target - KL)``: it pushes
 until the KL reaches ``kl_target`` and then stops, so it cannot take over the
-objective. See docs/methods.md for the measurements behind the default.
+objective.
+
+Pushing away does not stop stage 2 from changing normal text: what the harmful
+copy learns besides harm (the answer style of the harmful data) is negated too.
+Two anchoring forms instead MINIMISE a KL on normal data, so the learned
+direction is one that leaves normal text alone:
+
+- ``divergence: anchor``: + KL(original || harmful copy);
+- ``divergence: anchor_negated``: + KL(original || negated copy), where the
+  negated copy is theta_o - negation_scale * (theta - theta_o), the very model
+  stage 2 returns (LoRA only: it is the adapter run with its scaling multiplied
+  by -negation_scale, which costs no extra weights). A direction is kept out of
+  the harmful delta exactly when its negation would move normal text.
+
+See docs/methods.md for the measurements behind the default.
 
 Stage 2, knowledge negation: theta_new = theta_original - lambda * (theta_harmful
 - theta_original). Under LoRA the negated adapter delta is subtracted from the
@@ -22,12 +36,13 @@ tensor against the frozen original already in memory.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from unlearnkit.losses import mean_nll
+from unlearnkit.losses import kl_reference_current, mean_nll
 from unlearnkit.methods import register
 from unlearnkit.methods.base import LossContext, Method, MethodParams
 from unlearnkit.methods.gradient_ascent import random_mismatch_nll, retain_kl
@@ -38,9 +53,15 @@ class SKUParams(MethodParams):
     e2: float = Field(2.5, ge=0, description="random disassociation weight")
     e3: float = Field(1.0, ge=0, description="preservation divergence weight")
     num_random: int = Field(1, ge=1, le=64)
-    divergence: Literal["hinge", "unbounded"] = "hinge"
+    divergence: Literal["hinge", "unbounded", "anchor", "anchor_negated"] = "hinge"
     kl_target: float = Field(1.0, gt=0, description="hinge: stop pushing once the KL reaches this")
     negation_scale: float = Field(1.0, ge=0, description="lambda of stage 2")
+
+    @model_validator(mode="after")
+    def _anchor_needs_a_negation(self):
+        if self.divergence == "anchor_negated" and self.negation_scale == 0:
+            raise ValueError("divergence 'anchor_negated' anchors the negated copy: negation_scale must be > 0.")
+        return self
 
 
 def negate_trained(model, reference, scale: float):
@@ -55,6 +76,55 @@ def negate_trained(model, reference, scale: float):
     return negate_module_(model, reference.frozen, scale)
 
 
+def _lora_layers(model) -> list:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+@contextmanager
+def negated_lora(model, scale: float):
+    """Run a LoRA model as theta_o - scale * delta: every adapter's scaling times -scale.
+
+    The forward of a LoRA layer adds ``B(A(x)) * scaling``, so flipping and
+    scaling ``scaling`` gives exactly the negated weights of stage 2, with the
+    gradient still flowing into A and B. The scalings are restored on exit.
+    """
+    layers = _lora_layers(model)
+    if not layers:
+        raise RuntimeError(
+            "divergence 'anchor_negated' needs a LoRA model (model.lora.enabled: true); "
+            "use 'anchor' in full-parameter mode."
+        )
+    if any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
+        # Checkpointed layers recompute their forward during backward, after the
+        # scalings are restored: the gradient would be that of the un-negated copy.
+        raise RuntimeError(
+            "divergence 'anchor_negated' cannot run with gradient checkpointing; "
+            "set train.gradient_checkpointing: false."
+        )
+    saved = [dict(m.scaling) for m in layers]
+    try:
+        for m in layers:
+            for adapter in m.scaling:
+                m.scaling[adapter] = -scale * m.scaling[adapter]
+        yield model
+    finally:
+        for m, old in zip(layers, saved):
+            m.scaling.clear()
+            m.scaling.update(old)
+
+
+def negated_retain_kl(ctx: LossContext, batch: dict, scale: float) -> torch.Tensor:
+    """KL(original || theta_o - scale * (theta - theta_o)) on the retain answers."""
+    if ctx.reference is None:
+        raise RuntimeError("this method needs a reference model; the training loop provides one.")
+    reference = ctx.reference(batch)
+    with negated_lora(ctx.model, scale):
+        current = ctx.logits(batch)
+    return kl_reference_current(reference.logits, current.logits, current.mask, ctx.denominator(current.mask))
+
+
 @register
 class SKU(Method):
     name = "sku"
@@ -67,18 +137,33 @@ class SKU(Method):
     # Training makes a harmful copy; the unlearned model is its negation.
     negates = True
 
+    @property
+    def batch_needs(self) -> frozenset[str]:
+        # With e2 = 0 the random-disassociation batch is not even built.
+        return self.needs if self.params.e2 > 0 else self.needs - {"random"}
+
     def loss(self, ctx: LossContext, batches):
         p = self.params
         al = ctx.logits(batches["forget"])
         harmful_nll = mean_nll(al, ctx.denominator(al.mask))
-        random_nll = random_mismatch_nll(ctx, batches["random"])
-        kl = retain_kl(ctx, batches["retain"])
+        terms = {"forget_nll": harmful_nll.item()}
+        total = p.e1 * harmful_nll
+        if p.e2 > 0:
+            random_nll = random_mismatch_nll(ctx, batches["random"])
+            total = total + p.e2 * random_nll
+            terms["random_nll"] = random_nll.item()
+        if p.divergence == "anchor_negated":
+            kl = negated_retain_kl(ctx, batches["retain"], p.negation_scale)
+        else:
+            kl = retain_kl(ctx, batches["retain"])
         if p.divergence == "unbounded":
             divergence = -kl
-        else:
+        elif p.divergence == "hinge":
             divergence = torch.clamp(p.kl_target - kl, min=0.0)
-        total = p.e1 * harmful_nll + p.e2 * random_nll + p.e3 * divergence
-        return total, {"forget_nll": harmful_nll.item(), "random_nll": random_nll.item(), "retain_kl": kl.item()}
+        else:  # anchor, anchor_negated: keep normal text where the original has it
+            divergence = kl
+        terms["retain_kl"] = kl.item()
+        return total + p.e3 * divergence, terms
 
     def finalize(self, model, reference):
         return negate_trained(model, reference, self.params.negation_scale)
