@@ -257,6 +257,43 @@ def test_sku_anchor_negated_is_the_kl_of_the_negated_copy(models):
     assert hand_mean_nll(harmful, FORGET) == pytest.approx(f, rel=1e-12)
 
 
+def test_sku_anchor_nll_is_the_hinged_rise_of_the_retain_nll(models):
+    """anchor_measure nll = max(0, NLL_copy - NLL_original) of the retain answers, both ways round."""
+    cur, ref = models
+    m = get_method("sku")
+    method = m(m.Params(e1=2.0, e2=0.0, e3=3.0, divergence="anchor", anchor_measure="nll"))
+    batches = {"forget": as_batch(FORGET), "retain": as_batch(RETAIN)}
+    rises = []
+    for copy_model, original in ((cur, ref), (ref, cur)):
+        loss, terms = method.loss(make_ctx(copy_model, original), batches)
+        rise = hand_mean_nll(copy_model, RETAIN) - hand_mean_nll(original, RETAIN)
+        rises.append(rise)
+        assert terms["retain_nll_rise"] == pytest.approx(max(rise, 0.0), abs=1e-5)
+        assert float(loss) == pytest.approx(2.0 * hand_mean_nll(copy_model, FORGET) + 3.0 * max(rise, 0.0), rel=1e-4)
+    assert max(rises) > 1e-4 > min(rises)  # one direction is hinged at zero, the other is not
+
+
+def test_sku_anchor_negated_nll_uses_the_negated_copy(models):
+    from unlearnkit.negation import negate_lora_
+
+    _, ref = models
+    harmful = lora_on(ref)
+    m = get_method("sku")
+    method = m(m.Params(e1=1.0, e2=0.0, e3=2.0, divergence="anchor_negated", anchor_measure="nll",
+                        negation_scale=1.5))
+    negated = negate_lora_(copy.deepcopy(harmful), 1.5)
+    rises = []
+    # Anchors on either side of the negated copy (its line at other scales), so that
+    # both sides of the hinge are seen; the method takes the original from ctx.reference.
+    for original in (ref, negate_lora_(copy.deepcopy(harmful), 1.0), negate_lora_(copy.deepcopy(harmful), 2.0)):
+        loss, terms = method.loss(make_ctx(harmful, original), {"forget": as_batch(FORGET), "retain": as_batch(RETAIN)})
+        rise = hand_mean_nll(negated, RETAIN) - hand_mean_nll(original, RETAIN)
+        rises.append(rise)
+        assert terms["retain_nll_rise"] == pytest.approx(max(rise, 0.0), abs=1e-5)
+        assert float(loss) == pytest.approx(hand_mean_nll(harmful, FORGET) + 2.0 * max(rise, 0.0), rel=1e-4)
+    assert max(rises) > 1e-4 > min(rises)
+
+
 def test_sku_anchor_negated_gradient_reaches_the_adapter(models):
     """The gradient of the negated anchor flows into A and B; the base weights stay frozen."""
     _, ref = models
@@ -282,6 +319,8 @@ def test_sku_anchor_negated_needs_lora_and_a_scale(models):
         m.Params(divergence="anchor_negated", negation_scale=0.0)
     with pytest.raises(ValueError):
         m.Params(divergence="repel")
+    with pytest.raises(ValueError, match="anchor_measure"):
+        m.Params(divergence="hinge", anchor_measure="nll")
     # Checkpointed layers would recompute the un-negated forward in backward: refused.
     harmful = lora_on(ref)
     harmful.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

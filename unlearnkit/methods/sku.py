@@ -26,6 +26,13 @@ direction is one that leaves normal text alone:
   by -negation_scale, which costs no extra weights). A direction is kept out of
   the harmful delta exactly when its negation would move normal text.
 
+What the anchor measures is ``anchor_measure``: ``kl`` (the KL above) or
+``nll``, the rise of the normal answers' own NLL over the original's,
+``max(0, NLL_copy - NLL_original)``. The KL weighs tokens by the original's
+probabilities and barely sees the unlikely tokens of real text, whose NLL is
+what perplexity measures; the hinge at zero keeps the term an anchor (it stops
+once normal text is as likely as before) rather than training on it.
+
 See docs/methods.md for the measurements behind the default.
 
 Stage 2, knowledge negation: theta_new = theta_original - lambda * (theta_harmful
@@ -55,12 +62,20 @@ class SKUParams(MethodParams):
     num_random: int = Field(1, ge=1, le=64)
     divergence: Literal["hinge", "unbounded", "anchor", "anchor_negated"] = "hinge"
     kl_target: float = Field(1.0, gt=0, description="hinge: stop pushing once the KL reaches this")
+    anchor_measure: Literal["kl", "nll"] = Field(
+        "kl", description="anchor modes: KL(original || copy) or the rise of the retain answers' NLL"
+    )
     negation_scale: float = Field(1.0, ge=0, description="lambda of stage 2")
 
     @model_validator(mode="after")
     def _anchor_needs_a_negation(self):
         if self.divergence == "anchor_negated" and self.negation_scale == 0:
             raise ValueError("divergence 'anchor_negated' anchors the negated copy: negation_scale must be > 0.")
+        if self.anchor_measure != "kl" and not self.divergence.startswith("anchor"):
+            raise ValueError(
+                f"anchor_measure {self.anchor_measure!r} applies to the anchor divergences only, "
+                f"not to {self.divergence!r}."
+            )
         return self
 
 
@@ -115,14 +130,26 @@ def negated_lora(model, scale: float):
             m.scaling.update(old)
 
 
-def negated_retain_kl(ctx: LossContext, batch: dict, scale: float) -> torch.Tensor:
-    """KL(original || theta_o - scale * (theta - theta_o)) on the retain answers."""
+def retain_anchor(ctx: LossContext, batch: dict, measure: str, negated_scale: float | None) -> torch.Tensor:
+    """How far a copy moves the retain answers from the original.
+
+    The copy is the trained model, or with ``negated_scale`` its negation
+    theta_o - scale * (theta - theta_o). ``measure`` "kl": KL(original || copy);
+    "nll": max(0, NLL_copy - NLL_original) of the answers' own tokens.
+    """
     if ctx.reference is None:
         raise RuntimeError("this method needs a reference model; the training loop provides one.")
     reference = ctx.reference(batch)
-    with negated_lora(ctx.model, scale):
+    if negated_scale is None:
         current = ctx.logits(batch)
-    return kl_reference_current(reference.logits, current.logits, current.mask, ctx.denominator(current.mask))
+    else:
+        with negated_lora(ctx.model, negated_scale):
+            current = ctx.logits(batch)
+    denominator = ctx.denominator(current.mask)
+    if measure == "kl":
+        return kl_reference_current(reference.logits, current.logits, current.mask, denominator)
+    rise = mean_nll(current, denominator) - mean_nll(reference, denominator)
+    return torch.clamp(rise, min=0.0)
 
 
 @register
@@ -152,17 +179,15 @@ class SKU(Method):
             random_nll = random_mismatch_nll(ctx, batches["random"])
             total = total + p.e2 * random_nll
             terms["random_nll"] = random_nll.item()
-        if p.divergence == "anchor_negated":
-            kl = negated_retain_kl(ctx, batches["retain"], p.negation_scale)
+        if p.divergence in ("anchor", "anchor_negated"):
+            # Keep normal text where the original has it (in the copy stage 2 returns).
+            scale = p.negation_scale if p.divergence == "anchor_negated" else None
+            divergence = retain_anchor(ctx, batches["retain"], p.anchor_measure, scale)
+            terms["retain_kl" if p.anchor_measure == "kl" else "retain_nll_rise"] = divergence.item()
         else:
             kl = retain_kl(ctx, batches["retain"])
-        if p.divergence == "unbounded":
-            divergence = -kl
-        elif p.divergence == "hinge":
-            divergence = torch.clamp(p.kl_target - kl, min=0.0)
-        else:  # anchor, anchor_negated: keep normal text where the original has it
-            divergence = kl
-        terms["retain_kl"] = kl.item()
+            divergence = -kl if p.divergence == "unbounded" else torch.clamp(p.kl_target - kl, min=0.0)
+            terms["retain_kl"] = kl.item()
         return total + p.e3 * divergence, terms
 
     def finalize(self, model, reference):
