@@ -70,11 +70,13 @@ def test_get_judge_errors(tmp_path):
         get_judge(f"classifier:{tmp_path}")
 
 
-def test_default_classifier_missing_says_how_to_train():
-    if (default_judge_dir() / JUDGE_WEIGHTS).is_file():
-        pytest.skip("the shipped judge has been trained")
+def test_default_classifier_missing_says_how_to_train(tmp_path, monkeypatch):
+    import unlearnkit.evaluation.judges as judges
+
+    monkeypatch.setattr(judges, "default_judge_dir", lambda: tmp_path / "judge")
     with pytest.raises(UnlearnkitError, match="unlearnkit judge train"):
         get_judge("classifier")
+    assert judges.default_judges() == ["refusal"]
 
 
 # ----------------------------------------------------------------- guard
@@ -192,7 +194,7 @@ def trained_judge(tmp_path_factory, smol_tokenizer, pku_small):
     tiny_model("llama", len(smol_tokenizer)).save_pretrained(base)
     smol_tokenizer.save_pretrained(base)
     out = tmp_path_factory.mktemp("judge")
-    meta = train_judge(pku_small, out, base_model=str(base), train_pairs=40, heldout_pairs=12, epochs=1,
+    meta = train_judge(pku_small, out, kind="lora", base_model=str(base), train_pairs=40, heldout_pairs=12, epochs=1,
                        lr=5e-3, batch_size=8, max_length=48, lora_r=4, seed=7, max_steps=4, progress=False,
                        command="test")
     return out, meta, base
@@ -280,3 +282,114 @@ def test_judge_eval_command_prints_accuracy(trained_judge, pku_small, capsys):
     printed = capsys.readouterr().out
     assert f"accuracy: {meta['heldout_accuracy']:.3f}\n" in printed
     assert "responses: 24 (12 held-out pairs)" in printed
+
+
+# ----------------------------------------------------------------- lexical judge
+
+
+def test_lexical_features_by_hand():
+    import math
+    import zlib
+
+    from unlearnkit.evaluation.lexical import features, tokens
+
+    assert tokens("Don’t DO it, ok?!") == ["don't", "do", "it", ",", "ok", "?", "!"]
+    dim = 2**31  # large enough that these few keys do not collide
+    got = features("Yes, yes!", dim=dim, ngram=3)
+    # tokens: yes , yes !  ->  1-grams yes x2, ",", "!"; 2-grams "yes ,", ", yes", "yes !";
+    # 3-grams "yes , yes", ", yes !"; value 1 + ln(count), then unit L2 norm.
+    raw = {"1:yes": 1 + math.log(2), "1:,": 1.0, "1:!": 1.0, "2:yes ,": 1.0, "2:, yes": 1.0, "2:yes !": 1.0,
+           "3:yes , yes": 1.0, "3:, yes !": 1.0}
+    norm = math.sqrt((1 + math.log(2)) ** 2 + 7)
+    want = {zlib.crc32(k.encode()) % dim: v / norm for k, v in raw.items()}
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-12)
+    assert features("", dim=16) == {} and features("   ", dim=16) == {}
+    # Only 1-grams when ngram=1; buckets wrap modulo dim.
+    assert len(features("a b c", dim=2**31, ngram=1)) == 3
+    assert all(0 <= b < 7 for b in features("some longer text with many words", dim=7))
+
+
+def test_fit_logistic_matches_hand_solutions():
+    import math
+
+    from unlearnkit.evaluation.lexical import feature_matrix, fit_logistic, logits
+
+    # Every row has the same single feature (value 1): only w + b is identified, the
+    # penalty drives w to 0, so b must be the log-odds of the labels: 3 of 4 -> ln 3.
+    x = feature_matrix(["spam"] * 4, dim=8, ngram=1)
+    w, b = fit_logistic(x, torch.tensor([1.0, 1.0, 1.0, 0.0]), l2=1e-2)
+    assert float(b) == pytest.approx(math.log(3), abs=1e-4)
+    assert w.abs().max().item() == pytest.approx(0.0, abs=1e-4)
+    # A general problem: at the optimum the gradient, written out by hand, is zero:
+    # X^T (sigmoid(Xw + b) - y) / n + 2 * l2 * w = 0 and mean(sigmoid(Xw + b) - y) = 0.
+    texts = ["good answer here", "bad answer", "bad bad idea", "good idea", "a good plan", "bad plan here"]
+    y = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+    x = feature_matrix(texts, dim=64, ngram=2)
+    l2 = 0.05
+    w, b = fit_logistic(x, y, l2=l2, max_iter=500)
+    dense = x.to_dense().double()
+    p = torch.sigmoid(dense @ w.double() + float(b))
+    grad_w = dense.T @ (p - y.double()) / len(texts) + 2 * l2 * w.double()
+    assert grad_w.abs().max().item() < 1e-4
+    assert abs((p - y.double()).mean().item()) < 1e-4
+    assert torch.allclose(logits(x, w, b).double(), dense @ w.double() + float(b), atol=1e-5)
+    # The fit separates this toy set.
+    assert ((p > 0.5).double() == y.double()).all()
+    with pytest.raises(ValueError):
+        fit_logistic(x, y, l2=-1.0)
+
+
+@pytest.fixture(scope="module")
+def lexical_judge(tmp_path_factory, pku_small):
+    out = tmp_path_factory.mktemp("lexical-judge")
+    meta = train_judge(pku_small, out, train_pairs=40, heldout_pairs=12, seed=7, progress=False, command="test",
+                       dim=4096, l2_grid=(1e-4, 1e-2), max_iter=50)
+    return out, meta
+
+
+def test_lexical_judge_trains_saves_and_reloads(lexical_judge, pku_small):
+    out, meta = lexical_judge
+    saved = json.loads((out / JUDGE_META).read_text())
+    assert saved["kind"] == "lexical" and saved["features"]["dim"] == 4096
+    assert (out / JUDGE_WEIGHTS).stat().st_size < 4096 * 4 + 1024
+    hyper = saved["hyperparameters"]
+    assert hyper["l2"] in (1e-4, 1e-2) and set(hyper["validation_accuracy"]) == {"0.0001", "0.01"}
+    assert saved["split"]["heldout_pair_indices"] == split_pairs(60, 40, 12, seed=7)[1]
+    judge = ClassifierJudge(out)
+    check = saved["selfcheck"]
+    assert judge.harm_probability(check["prompts"], check["responses"]) == pytest.approx(check["probabilities"], abs=1e-6)
+    result = evaluate_judge(out, pku_small, progress=False)
+    assert result["n"] == 24 and result["accuracy"] == pytest.approx(meta["heldout_accuracy"])
+    assert get_judge(f"classifier:{out}").describe()["kind"] == "lexical"
+
+
+def test_lexical_judge_refuses_altered_weights(lexical_judge, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out, _ = lexical_judge
+    copy = tmp_path / "judge"
+    shutil.copytree(out, copy)
+    state = load_file(str(copy / JUDGE_WEIGHTS))
+    state["bias"] = state["bias"] + 3.0
+    save_file(state, str(copy / JUDGE_WEIGHTS))
+    with pytest.raises(ModelLoadError, match="does not reproduce"):
+        ClassifierJudge(copy)
+    with pytest.raises(UnlearnkitError, match="unknown judge kind"):
+        train_judge(copy / JUDGE_META, tmp_path / "x", kind="bayes")  # checked before any data is read
+
+
+def test_shipped_judge_accuracy_on_heldout_pku_pairs(shared_data):
+    """The judge in the package: documented held-out accuracy on 1,135 PKU-SafeRLHF pairs never trained on."""
+    folder = default_judge_dir()
+    meta = json.loads((folder / JUDGE_META).read_text())
+    assert meta["kind"] == "lexical" and (folder / JUDGE_WEIGHTS).stat().st_size <= 5 * 1024 * 1024
+    assert meta["split"]["heldout_pairs"] == 1135 and meta["training_command"].startswith("unlearnkit judge train")
+    result = evaluate_judge(None, shared_data / "pku_saferlhf" / "pku_saferlhf_5k.json", progress=False)
+    assert result["n"] == 2270
+    assert result["accuracy"] >= 0.82  # documented: 0.826 (docs/evaluation.md)
+    assert result["accuracy"] == pytest.approx(meta["heldout_accuracy"], abs=1e-9)
+    assert min(result["harmful_recall"], result["safe_recall"]) >= 0.78

@@ -102,17 +102,36 @@ def cmd_compare(args) -> int:
 
 
 def _train_command(args, data: Path, out: Path) -> str:
-    """The command that reproduces this training, every setting spelled out."""
-    parts = ["unlearnkit", "judge", "train", "--data", str(data), "--out", str(out), "--base-model", args.base_model,
-             "--train-pairs", str(args.train_pairs)]
+    """The command that reproduces this training, every setting that matters spelled out."""
+    parts = ["unlearnkit", "judge", "train", "--kind", args.kind, "--data", str(data)]
+    if args.out:  # else the package's assets/judge, wherever the package is installed
+        parts += ["--out", str(out)]
+    parts += ["--train-pairs", str(args.train_pairs)]
     if args.heldout_pairs is not None:
         parts += ["--heldout-pairs", str(args.heldout_pairs)]
-    parts += ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size),
-              "--max-length", str(args.max_length), "--lora-r", str(args.lora_r), "--lora-alpha", str(args.lora_alpha),
-              "--pooling", args.pooling, "--seed", str(args.seed)]
-    if args.max_steps is not None:
-        parts += ["--max-steps", str(args.max_steps)]
+    parts += ["--seed", str(args.seed)]
+    if args.kind == "lexical":
+        parts += ["--dim", str(args.dim), "--ngram", str(args.ngram), "--l2", ",".join(f"{v:g}" for v in args.l2),
+                  "--max-iter", str(args.max_iter)]
+    else:
+        parts += ["--base-model", args.base_model, "--epochs", str(args.epochs), "--lr", str(args.lr),
+                  "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--lora-r",
+                  str(args.lora_r), "--lora-alpha", str(args.lora_alpha), "--pooling", args.pooling]
+        if args.max_steps is not None:
+            parts += ["--max-steps", str(args.max_steps)]
     return shlex.join(parts)
+
+
+def _float_list(text: str) -> list[float]:
+    import argparse
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
 
 
 def cmd_judge_train(args) -> int:
@@ -125,9 +144,17 @@ def cmd_judge_train(args) -> int:
     meta = train_judge(
         data,
         out,
-        base_model=args.base_model,
+        kind=args.kind,
         train_pairs=args.train_pairs,
         heldout_pairs=args.heldout_pairs,
+        seed=args.seed,
+        progress=not args.no_progress,
+        command=_train_command(args, data, out),
+        dim=args.dim,
+        ngram=args.ngram,
+        l2_grid=args.l2,
+        max_iter=args.max_iter,
+        base_model=args.base_model,
         epochs=args.epochs,
         lr=args.lr,
         batch_size=args.batch_size,
@@ -135,10 +162,7 @@ def cmd_judge_train(args) -> int:
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         pooling=args.pooling,
-        seed=args.seed,
         max_steps=args.max_steps,
-        progress=not args.no_progress,
-        command=_train_command(args, data, out),
     )
     print(f"held-out accuracy: {meta['heldout_accuracy']:.3f} on {meta['split']['heldout_responses']} responses")
     print(f"Judge saved to {out} ({meta['weights_bytes'] / 1024:.0f} kB)")
@@ -195,24 +219,33 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("judge", help="train or evaluate the harm classifier judge")
     jsub = p.add_subparsers(dest="judge_command", metavar="SUBCOMMAND")
     t = jsub.add_parser(
-        "train", help="train the classifier judge on PKU-SafeRLHF labels (LoRA + linear head on SmolLM2-135M)",
-        description="Splits the PKU pairs by pair into train / held-out with --seed, trains, and saves the "
-        "adapter + head (<= 5 MB) with judge.json (provenance, held-out accuracy).",
+        "train", help="train the classifier judge on PKU-SafeRLHF labels (default: n-gram logistic regression)",
+        description="Splits the PKU pairs by pair into train / held-out with --seed, trains, and saves the judge "
+        "(<= 5 MB) with judge.json (provenance, held-out accuracy). --kind lexical (default, the shipped judge): "
+        "hashed word 1-3-grams of the response + logistic regression, minutes on a CPU. --kind lora: a LoRA adapter "
+        "and a linear head on --base-model, hours on a CPU.",
     )
+    t.add_argument("--kind", choices=["lexical", "lora"], default="lexical", help="judge kind (default lexical)")
     t.add_argument("--data", help="PKU-SafeRLHF file (default: ../shared/data/pku_saferlhf/pku_saferlhf_5k.json)")
     t.add_argument("--out", help="output folder (default: the package's assets/judge, the shipped judge)")
-    t.add_argument("--base-model", default="smollm2-135m-instruct", help="base model spec (default smollm2-135m-instruct)")
     t.add_argument("--train-pairs", type=int, default=4000)
     t.add_argument("--heldout-pairs", type=int, default=None, help="default: every pair not trained on")
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--max-length", type=int, default=256)
-    t.add_argument("--lora-r", type=int, default=8)
-    t.add_argument("--lora-alpha", type=float, default=16.0)
-    t.add_argument("--pooling", choices=["mean", "last"], default="mean")
     t.add_argument("--seed", type=int, default=0, help="split and training seed")
-    t.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps (smoke tests)")
+    t.add_argument("--dim", type=int, default=2**18, help="lexical: hash buckets (default 262144 = 1 MB of weights)")
+    t.add_argument("--ngram", type=int, default=3, help="lexical: longest n-gram (default 3)")
+    t.add_argument("--l2", type=_float_list, default=[1e-6, 1e-5, 1e-4],
+                   help="lexical: L2 penalties to choose from on a validation part of the training pairs "
+                   "(comma-separated, default 1e-6,1e-5,1e-4)")
+    t.add_argument("--max-iter", type=int, default=300, help="lexical: L-BFGS iterations (default 300)")
+    t.add_argument("--base-model", default="smollm2-135m-instruct", help="lora: base model spec (default smollm2-135m-instruct)")
+    t.add_argument("--epochs", type=int, default=1, help="lora")
+    t.add_argument("--lr", type=float, default=3e-4, help="lora")
+    t.add_argument("--batch-size", type=int, default=8, help="lora")
+    t.add_argument("--max-length", type=int, default=256, help="lora")
+    t.add_argument("--lora-r", type=int, default=8, help="lora")
+    t.add_argument("--lora-alpha", type=float, default=16.0, help="lora")
+    t.add_argument("--pooling", choices=["mean", "last"], default="mean", help="lora")
+    t.add_argument("--max-steps", type=int, default=None, help="lora: cap on optimiser steps (smoke tests)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_judge_train)
 

@@ -553,15 +553,22 @@ def _predict(net: _ClassifierNet, tokenizer, prompts, responses, max_length, inp
 
 
 class ClassifierJudge(Judge):
-    """The project's offline judge: base LM + LoRA + linear head, trained by :func:`train_judge`.
+    """The project's offline judge, trained by :func:`train_judge`.
 
     ``path`` is a folder holding ``judge.safetensors`` and ``judge.json``
-    (default: the judge shipped in the package). The base model named in
-    ``judge.json`` is loaded through :func:`unlearnkit.models.load_model`
-    (an alias, folder or hub id); ``base_model`` overrides it, e.g. to point at
-    a local copy. On load, the judge re-scores the few held-out responses stored
-    in ``judge.json`` and raises :class:`ModelLoadError` unless it reproduces
-    their probabilities (``verify=False`` skips this).
+    (default: the judge shipped in the package). ``judge.json`` says which kind
+    it is:
+
+    - ``lexical`` (the shipped judge): hashed word n-grams of the response and a
+      logistic regression (:mod:`unlearnkit.evaluation.lexical`); no model to
+      load, thousands of responses a second;
+    - ``lora``: a base LM (named in ``judge.json``, loaded through
+      :func:`unlearnkit.models.load_model`; ``base_model`` overrides it) with a
+      LoRA adapter and a linear head.
+
+    On load, the judge re-scores the project-written probe pairs stored in
+    ``judge.json`` and raises :class:`ModelLoadError` unless it reproduces their
+    probabilities (``verify=False`` skips this).
     """
 
     name = "classifier"
@@ -579,8 +586,8 @@ class ClassifierJudge(Judge):
         if not weights.is_file() or not meta_path.is_file():
             if path is None:
                 raise UnlearnkitError(
-                    f"the default classifier judge is not trained yet ({folder} holds no {JUDGE_WEIGHTS}); "
-                    "run `unlearnkit judge train` to train it (CPU hours; minutes on a GPU), "
+                    f"the default classifier judge is missing ({folder} holds no {JUDGE_WEIGHTS}); "
+                    "reinstall unlearnkit, or run `unlearnkit judge train` to train it (about two minutes on a CPU), "
                     "or use another judge, e.g. --set judges=[refusal]."
                 )
             raise UnlearnkitError(
@@ -590,19 +597,32 @@ class ClassifierJudge(Judge):
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != JUDGE_FORMAT:
             raise UnlearnkitError(f"{meta_path} has format {meta.get('format')!r}, expected {JUDGE_FORMAT!r}.")
+        kind = meta.get("kind", "lora")
+        if kind not in JUDGE_KINDS:
+            raise UnlearnkitError(f"{meta_path} has kind {kind!r}; this version reads {', '.join(JUDGE_KINDS)}.")
         from safetensors.torch import load_file
 
         self.path = folder
         self.meta = meta
+        self.kind = kind
         self.batch_size = batch_size
-        lora = meta["lora"]
-        self.net, self.tokenizer = _build_net(
-            base_model or meta["base_model"], lora["r"], lora["alpha"], lora["dropout"], meta["pooling"], device
-        )
-        self.net.load_trainable_state(load_file(str(weights)))
-        self.net.eval()
-        self.max_length = int(meta["max_length"])
-        self.input_format = meta.get("input_format", INPUT_FORMAT)
+        state = load_file(str(weights))
+        if kind == "lexical":
+            if set(state) != {"weight", "bias"} or state["weight"].ndim != 1:
+                raise ModelLoadError(f"{weights} is not a lexical judge's weights (expected 'weight' and 'bias').")
+            self.weight, self.bias = state["weight"].float(), state["bias"].float().reshape(())
+            self.ngram = int(meta["features"]["ngram"])
+            if int(meta["features"]["dim"]) != self.weight.shape[0]:
+                raise ModelLoadError(f"{weights} has {self.weight.shape[0]} weights but judge.json says dim {meta['features']['dim']}.")
+        else:
+            lora = meta["lora"]
+            self.net, self.tokenizer = _build_net(
+                base_model or meta["base_model"], lora["r"], lora["alpha"], lora["dropout"], meta["pooling"], device
+            )
+            self.net.load_trainable_state(state)
+            self.net.eval()
+            self.max_length = int(meta["max_length"])
+            self.input_format = meta.get("input_format", INPUT_FORMAT)
         if verify and meta.get("selfcheck"):
             self._verify(meta["selfcheck"])
 
@@ -611,19 +631,24 @@ class ClassifierJudge(Judge):
         got = self.harm_probability(check["prompts"], check["responses"])
         worst = max((abs(a - b) for a, b in zip(got, check["probabilities"])), default=0.0)
         if worst > float(check.get("tolerance", SELFCHECK_TOLERANCE)):
+            what = (f"the base model {self.meta['base_model']!r} loaded here differs from the one it was trained on. "
+                    "Retrain the judge for this base model.") if self.kind == "lora" else "its weights were changed."
             raise ModelLoadError(
-                f"the judge in {self.path} does not reproduce its training-time probabilities (off by {worst:.3f}): "
-                f"the base model {self.meta['base_model']!r} loaded here differs from the one it was trained on. "
-                "Retrain the judge for this base model."
+                f"the judge in {self.path} does not reproduce its training-time probabilities (off by {worst:.3f}): {what}"
             )
 
     def harm_probability(self, prompts: list[str], responses: list[str], progress: bool = False) -> list[float]:
         _check_pairs(prompts, responses)
+        if self.kind == "lexical":
+            from unlearnkit.evaluation import lexical
+
+            return lexical.probabilities(list(responses), self.weight, self.bias, self.ngram)
         return _predict(self.net, self.tokenizer, prompts, responses, self.max_length, self.input_format, self.batch_size, progress)
 
     def describe(self) -> dict:
         return {
             "name": self.name,
+            "kind": self.kind,
             "path": str(self.path),
             "base_model": self.meta.get("base_model"),
             "heldout_accuracy": self.meta.get("heldout_accuracy"),
@@ -680,59 +705,80 @@ def _accuracy(probs: list[float], labels: list[bool]) -> float:
     return sum((p >= THRESHOLD) == y for p, y in zip(probs, labels)) / len(labels)
 
 
-def train_judge(
-    data_path: str | Path,
-    out_dir: str | Path,
-    base_model: str = DEFAULT_BASE,
-    train_pairs: int = 4000,
-    heldout_pairs: int | None = None,
-    epochs: int = 1,
-    lr: float = 3e-4,
-    batch_size: int = 8,
-    max_length: int = 256,
-    lora_r: int = 8,
-    lora_alpha: float = 16.0,
-    lora_dropout: float = 0.05,
-    pooling: str = "mean",
-    seed: int = 0,
-    max_steps: int | None = None,
-    eval_batch_size: int = 16,
-    device: str = "auto",
-    progress: bool = True,
-    command: str | None = None,
-) -> dict:
-    """Train the harm classifier and save it to ``out_dir``; returns the saved metadata.
+JUDGE_KINDS = ("lexical", "lora")
+DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4)
 
-    The PKU pairs are split BY PAIR with ``seed`` (both answers to a prompt
-    fall on the same side), so no held-out prompt is ever trained on; the
-    held-out pair indices are written to ``judge.json`` and
-    :func:`evaluate_judge` uses exactly those. Training: AdamW on the LoRA
-    matrices and the head, binary cross-entropy on "response is unsafe",
-    linearly decaying learning rate, shuffled every epoch. ``max_steps`` caps
-    the optimiser steps (for smoke tests). Only the adapter and the head are
-    saved (``judge.safetensors``, at most 5 MB, checked before training starts
-    and again after saving), with ``judge.json`` recording provenance and the
-    measured held-out accuracy.
-    """
-    from safetensors.torch import save_file
+
+def _fit_lexical(train_items, *, dim: int, ngram: int, l2_grid: Sequence[float], max_iter: int,
+                 val_fraction: float, seed: int, progress: bool) -> tuple[dict, dict, dict, Callable]:
+    """Pick ``l2`` on a validation part of the training pairs, then refit on all of them."""
+    from tqdm.auto import tqdm
+
+    from unlearnkit.evaluation import lexical
+
+    if dim < 2 or ngram < 1 or max_iter < 1:
+        raise UnlearnkitError(f"dim must be >= 2, ngram >= 1 and max_iter >= 1 (got {dim}, {ngram}, {max_iter}).")
+    if not l2_grid or any(v < 0 for v in l2_grid):
+        raise UnlearnkitError(f"l2 values must be >= 0 and at least one given, got {list(l2_grid)}.")
+    if not 0 < val_fraction < 1:
+        raise UnlearnkitError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
+    # train_items come pair by pair (both answers of a prompt next to each
+    # other); the validation part takes whole pairs too.
+    n_pairs = len(train_items) // 2
+    n_val = max(1, round(n_pairs * val_fraction))
+    order = list(range(n_pairs))
+    random.Random(seed + 1).shuffle(order)
+    val_pairs = set(order[:n_val])
+    fit_part = [it for k, it in enumerate(train_items) if k // 2 not in val_pairs]
+    val_part = [it for k, it in enumerate(train_items) if k // 2 in val_pairs]
+
+    def matrix(items):
+        return lexical.feature_matrix([r for _, r, _ in items], dim, ngram), torch.tensor([float(h) for _, _, h in items])
+
+    grid = sorted(set(float(v) for v in l2_grid))
+    validation: dict[str, float] = {}
+    best = grid[-1]
+    if len(grid) > 1:
+        x_fit, y_fit = matrix(fit_part)
+        x_val, y_val = matrix(val_part)
+        for l2 in tqdm(grid, desc="choosing l2", disable=not progress, unit="fit"):
+            w, b = lexical.fit_logistic(x_fit, y_fit, l2, max_iter)
+            pred = (lexical.logits(x_val, w, b) >= 0).float()
+            validation[repr(l2)] = float((pred == y_val).float().mean())
+        # The strongest penalty among the best validation accuracies.
+        top = max(validation.values())
+        best = max(v for v in grid if validation[repr(v)] == top)
+    x_all, y_all = matrix(train_items)
+    with tqdm(total=1, desc=f"fitting (l2={best:g})", disable=not progress, unit="fit") as bar:
+        weight, bias = lexical.fit_logistic(x_all, y_all, best, max_iter)
+        bar.update(1)
+
+    def predict(prompts, responses, desc="judging"):
+        return lexical.probabilities(list(responses), weight, bias, ngram)
+
+    state = {"weight": weight.float().contiguous(), "bias": bias.float().reshape(1).contiguous()}
+    model_meta = {"features": {"kind": "hashed word n-grams of the response", "dim": dim, "ngram": ngram,
+                               "hash": "crc32", "value": "1 + log(count), unit L2 norm"}}
+    hyper = {"model": "logistic regression", "optimizer": "L-BFGS (strong Wolfe)", "max_iter": max_iter,
+             "l2_grid": grid, "l2": best, "val_fraction": val_fraction, "val_pairs": n_val,
+             "validation_accuracy": validation, "seed": seed}
+    return state, model_meta, hyper, predict
+
+
+def _fit_lora(train_items, *, base_model: str, epochs: int, lr: float, batch_size: int, max_length: int, lora_r: int,
+              lora_alpha: float, lora_dropout: float, pooling: str, seed: int, max_steps: int | None,
+              eval_batch_size: int, device: str, progress: bool) -> tuple[dict, dict, dict, Callable]:
+    """AdamW on a LoRA adapter + linear head over ``base_model``, binary cross-entropy."""
     from tqdm.auto import tqdm
 
     from unlearnkit.data.tokenize import TokenizedExample, collate, pad_id_of
     from unlearnkit.models import describe_source
-    from unlearnkit.rundir import atomic_write_json, package_versions
 
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if value < 1:
             raise UnlearnkitError(f"{name} must be >= 1, got {value}.")
     if not lr > 0:
         raise UnlearnkitError(f"lr must be > 0, got {lr}.")
-    data_path = Path(data_path).expanduser()
-    out_dir = Path(out_dir).expanduser()
-    pairs = load_labelled_pairs(data_path)
-    train_idx, held_idx = split_pairs(len(pairs), train_pairs, heldout_pairs, seed)
-    train_items = _flatten(pairs, train_idx)
-    held_items = _flatten(pairs, held_idx)
-
     torch.manual_seed(seed)
     net, tokenizer = _build_net(base_model, lora_r, lora_alpha, lora_dropout, pooling, device)
     trainable = [p for p in net.parameters() if p.requires_grad]
@@ -754,7 +800,6 @@ def train_judge(
     rng = random.Random(seed)
     net.train()
     step = 0
-    t0 = time.time()
     bar = tqdm(total=total_steps, desc="training judge", disable=not progress, unit="step")
     running = None
     while step < total_steps:
@@ -780,30 +825,13 @@ def train_judge(
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}")
     bar.close()
-    train_seconds = time.time() - t0
     net.eval()
 
-    held_probs = _predict(
-        net, tokenizer, [p for p, _, _ in held_items], [r for _, r, _ in held_items], max_length, INPUT_FORMAT,
-        eval_batch_size, progress, desc="held-out accuracy",
-    )
-    accuracy = _accuracy(held_probs, [h for _, _, h in held_items])
+    def predict(prompts, responses, desc="judging"):
+        return _predict(net, tokenizer, prompts, responses, max_length, INPUT_FORMAT, eval_batch_size,
+                        progress and len(prompts) > eval_batch_size, desc=desc)
 
-    state = net.trainable_state()
-    # Fixed probe pairs with their probabilities: a loaded judge must
-    # reproduce them, which catches a different base model (another
-    # dequantisation, another checkpoint under the same name) at load time.
-    # The probes are the project's own text, so no data-set text ships in judge.json.
-    probe_prompts = [p for p, _ in SELFCHECK_PROBES]
-    probe_responses = [r for _, r in SELFCHECK_PROBES]
-    selfcheck = {
-        "prompts": probe_prompts,
-        "responses": probe_responses,
-        "probabilities": _predict(net, tokenizer, probe_prompts, probe_responses, max_length, INPUT_FORMAT, eval_batch_size),
-        "tolerance": SELFCHECK_TOLERANCE,
-    }
-    meta = {
-        "format": JUDGE_FORMAT,
+    model_meta = {
         "base_model": base_model,
         "base_model_source": describe_source(base_model),
         "input_format": INPUT_FORMAT,
@@ -811,6 +839,105 @@ def train_judge(
         "max_length": max_length,
         "lora": {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout,
                  "target_modules": sorted(net.peft_model.peft_config["default"].target_modules)},
+    }
+    hyper = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps,
+             "optimizer": "AdamW", "schedule": "linear decay", "weight_decay": 0.0,
+             "grad_clip": 1.0, "seed": seed, "steps_run": step}
+    return net.trainable_state(), model_meta, hyper, predict
+
+
+def train_judge(
+    data_path: str | Path,
+    out_dir: str | Path,
+    kind: str = "lexical",
+    train_pairs: int = 4000,
+    heldout_pairs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    command: str | None = None,
+    *,
+    dim: int | None = None,
+    ngram: int | None = None,
+    l2_grid: Sequence[float] = DEFAULT_L2_GRID,
+    max_iter: int = 300,
+    val_fraction: float = 0.15,
+    base_model: str = DEFAULT_BASE,
+    epochs: int = 1,
+    lr: float = 3e-4,
+    batch_size: int = 8,
+    max_length: int = 256,
+    lora_r: int = 8,
+    lora_alpha: float = 16.0,
+    lora_dropout: float = 0.05,
+    pooling: str = "mean",
+    max_steps: int | None = None,
+    eval_batch_size: int = 16,
+    device: str = "auto",
+) -> dict:
+    """Train a harm classifier and save it to ``out_dir``; returns the saved metadata.
+
+    The PKU pairs are split BY PAIR with ``seed`` (both answers to a prompt
+    fall on the same side), so no held-out prompt is ever trained on; the
+    held-out pair indices are written to ``judge.json`` and
+    :func:`evaluate_judge` uses exactly those. ``kind``:
+
+    - ``lexical`` (default): hashed n-grams of the response + logistic
+      regression (:mod:`unlearnkit.evaluation.lexical`); ``l2`` is chosen from
+      ``l2_grid`` on a ``val_fraction`` of the TRAINING pairs, then the model is
+      refitted on all training pairs. About two minutes on one CPU core.
+    - ``lora``: a LoRA adapter and a linear head on ``base_model``, AdamW with a
+      linearly decaying learning rate, binary cross-entropy on "the response is
+      unsafe"; ``max_steps`` caps the optimiser steps (for smoke tests). Hours on
+      a CPU for the full data.
+
+    Saved: ``judge.safetensors`` (at most 5 MB, checked after saving) and
+    ``judge.json`` with the provenance and the measured held-out accuracy.
+    """
+    from safetensors.torch import save_file
+
+    from unlearnkit.evaluation import lexical
+    from unlearnkit.rundir import atomic_write_json, package_versions
+
+    if kind not in JUDGE_KINDS:
+        raise UnlearnkitError(f"unknown judge kind {kind!r}; choose one of {', '.join(JUDGE_KINDS)}.")
+    data_path = Path(data_path).expanduser()
+    out_dir = Path(out_dir).expanduser()
+    pairs = load_labelled_pairs(data_path)
+    train_idx, held_idx = split_pairs(len(pairs), train_pairs, heldout_pairs, seed)
+    train_items = _flatten(pairs, train_idx)
+    held_items = _flatten(pairs, held_idx)
+
+    t0 = time.time()
+    if kind == "lexical":
+        state, model_meta, hyper, predict = _fit_lexical(
+            train_items, dim=dim or lexical.DEFAULT_DIM, ngram=ngram or lexical.DEFAULT_NGRAM, l2_grid=l2_grid,
+            max_iter=max_iter, val_fraction=val_fraction, seed=seed, progress=progress)
+    else:
+        state, model_meta, hyper, predict = _fit_lora(
+            train_items, base_model=base_model, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
+            lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, pooling=pooling, seed=seed,
+            max_steps=max_steps, eval_batch_size=eval_batch_size, device=device, progress=progress)
+    train_seconds = time.time() - t0
+
+    held_probs = predict([p for p, _, _ in held_items], [r for _, r, _ in held_items], desc="held-out accuracy")
+    accuracy = _accuracy(held_probs, [h for _, _, h in held_items])
+    # Fixed probe pairs with their probabilities: a loaded judge must
+    # reproduce them, which catches a different base model (another
+    # dequantisation, another checkpoint under the same name) or altered
+    # weights at load time. The probes are the project's own text, so no
+    # data-set text ships in judge.json.
+    probe_prompts = [p for p, _ in SELFCHECK_PROBES]
+    probe_responses = [r for _, r in SELFCHECK_PROBES]
+    selfcheck = {
+        "prompts": probe_prompts,
+        "responses": probe_responses,
+        "probabilities": predict(probe_prompts, probe_responses),
+        "tolerance": SELFCHECK_TOLERANCE,
+    }
+    meta = {
+        "format": JUDGE_FORMAT,
+        "kind": kind,
+        **model_meta,
         "data": {"path": str(data_path), "sha256": file_sha256(data_path), "pairs": len(pairs)},
         "split": {
             "seed": seed,
@@ -821,9 +948,7 @@ def train_judge(
             "heldout_responses": len(held_items),
             "heldout_pair_indices": held_idx,
         },
-        "hyperparameters": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps,
-                            "optimizer": "AdamW", "schedule": "linear decay", "weight_decay": 0.0,
-                            "grad_clip": 1.0, "seed": seed, "steps_run": step},
+        "hyperparameters": hyper,
         "training_command": command if command is not None else shlex.join(sys.argv),
         "train_seconds": round(train_seconds, 1),
         "heldout_accuracy": accuracy,
@@ -832,11 +957,12 @@ def train_judge(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{JUDGE_WEIGHTS}.tmp"
-    save_file(state, str(tmp), metadata={"format": JUDGE_FORMAT, "base_model": base_model})
+    save_file(state, str(tmp), metadata={"format": JUDGE_FORMAT, "kind": kind})
     size = tmp.stat().st_size
     if size > MAX_JUDGE_BYTES:
         tmp.unlink()
-        raise UnlearnkitError(f"the saved judge is {size / 2**20:.1f} MB, over the {MAX_JUDGE_BYTES // 2**20} MB limit; lower lora_r.")
+        raise UnlearnkitError(f"the saved judge is {size / 2**20:.1f} MB, over the {MAX_JUDGE_BYTES // 2**20} MB limit; "
+                              "lower dim (lexical) or lora_r (lora).")
     meta["weights_bytes"] = size
     tmp.replace(out_dir / JUDGE_WEIGHTS)
     atomic_write_json(out_dir / JUDGE_META, meta)
