@@ -29,7 +29,7 @@ integration: $(STAMP)
 	$(PY) -m pytest -q -m integration -s --durations=0
 
 demo: $(STAMP)
-	$(VENV)/bin/unlearnkit unlearn configs/smollm2-pku-llm_unlearn.yaml --overwrite
+	$(VENV)/bin/unlearnkit demo
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py

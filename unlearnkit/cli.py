@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     from unlearnkit.experiment import add_commands as add_experiment_commands
 
     add_experiment_commands(sub)  # finetune, run
+    from unlearnkit.demo import add_commands as add_demo_commands
+
+    add_demo_commands(sub)  # demo
     return parser
 
 

@@ -29,7 +29,7 @@ from unlearnkit.errors import ConfigError, TrainingError
 from unlearnkit.losses import AnswerLogits, answer_logits
 from unlearnkit.methods import LossContext, Method, get_method
 from unlearnkit.models import describe_source, is_peft, load_model, save_model
-from unlearnkit.rundir import atomic_write_json, atomic_write_text, check_not_inside, manifest
+from unlearnkit.rundir import atomic_write_json, atomic_write_text, check_not_inside, manifest, save_figure
 
 # Keys of the config that may change between a run and its resumption.
 RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "epochs"), ("train", "save_every"), ("train", "progress"),
@@ -619,11 +619,7 @@ def plot_losses(log_path: Path, out_png: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_png)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def run_unlearning(cfg: RunConfig, resume: bool = False, overwrite: bool = False, stop_at: int | None = None) -> dict:

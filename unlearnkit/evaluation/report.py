@@ -296,10 +296,6 @@ def plot_comparison(names: list[str], table: dict[str, list[float | None]], out_
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_png)
-    return out_png
+    from unlearnkit.rundir import save_figure
+
+    return save_figure(fig, out_png)

