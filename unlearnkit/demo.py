@@ -78,8 +78,8 @@ class DemoOptions:
     batch_size: int = 4
     forget_weight: float = 1.0
     random_weight: float = 1.0
-    retain_weight: float = 5.0
-    max_forget_loss: float | None = None
+    retain_weight: float = 10.0
+    max_forget_loss: float | None = 4.0  # stop before the forget loss takes off (gradient ascent collapses)
     lora_r: int = 8
     max_new_tokens: int = 48
     max_length: int = 128
