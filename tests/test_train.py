@@ -219,11 +219,17 @@ def test_methods_are_registered():
     assert {"ga", "gradient_difference", "llm_unlearn"} <= set(METHODS)
 
 
-def test_sku_negates_the_trained_lora_delta(tmp_path, tiny_model_dir, data_files):
+@pytest.mark.parametrize("params", [
+    {},
+    # The anchor runs the adapter negated inside each step; the saved adapter and the
+    # final model must still be the harmful copy and its negation.
+    {"divergence": "anchor_negated", "anchor_measure": "nll", "e2": 0.0, "e3": 10.0},
+])
+def test_sku_negates_the_trained_lora_delta(tmp_path, tiny_model_dir, data_files, params):
     """After an SKU run the saved model is exactly theta_o - lambda * (theta_h - theta_o)."""
     from transformers import AutoModelForCausalLM
 
-    cfg = make_cfg(tmp_path, tiny_model_dir, data_files, method="sku", method_params={"negation_scale": 0.5},
+    cfg = make_cfg(tmp_path, tiny_model_dir, data_files, method="sku", method_params={"negation_scale": 0.5, **params},
                    train={"max_steps": 3, "save": "merged"})
     summary = run_unlearning(cfg)
     assert summary["status"] == "completed"
