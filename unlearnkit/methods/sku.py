@@ -16,7 +16,7 @@ objective.
 
 Pushing away does not stop stage 2 from changing normal text: what the harmful
 copy learns besides harm (the answer style of the harmful data) is negated too.
-Two anchoring forms instead MINIMISE a KL on normal data, so the learned
+Two anchoring forms instead MINIMISE a divergence on normal data, so the learned
 direction is one that leaves normal text alone:
 
 - ``divergence: anchor``: + KL(original || harmful copy);
@@ -33,7 +33,8 @@ probabilities and barely sees the unlikely tokens of real text, whose NLL is
 what perplexity measures; the hinge at zero keeps the term an anchor (it stops
 once normal text is as likely as before) rather than training on it.
 
-See docs/methods.md for the measurements behind the default.
+See docs/methods.md for the measurements behind the default (hinge) and the
+shipped SmolLM2 setting (anchor_negated, nll).
 
 Stage 2, knowledge negation: theta_new = theta_original - lambda * (theta_harmful
 - theta_original). Under LoRA the negated adapter delta is subtracted from the
