@@ -172,6 +172,29 @@ def test_mc_scores_toy_values_from_fixed_likelihoods(monkeypatch):
     assert got == {"mc1": pytest.approx(0.5), "mc2": pytest.approx(0.45), "n": 2}
 
 
+def test_mc_scores_cache_scores_each_pair_once(monkeypatch):
+    """A (question, choice) pair is scored once, across items and across calls sharing a cache."""
+    import unlearnkit.evaluation.likelihood as lk
+
+    calls = []
+
+    def fake(model, tok, examples, *a, **k):  # total log-likelihood = -len(choice)
+        calls.append([(e.prompt, e.response) for e in examples])
+        return [torch.tensor([-float(len(e.response))]) for e in examples]
+
+    monkeypatch.setattr(lk, "token_logprobs", fake)
+    cache: dict = {}
+    twice = [MCItem(question="q1", choices=("a", "bb"), labels=(1, 0))] * 2
+    assert lk.mc_scores(None, None, twice, cache=cache)["mc1"] == 1.0
+    assert calls == [[("q1", "a"), ("q1", "bb")]]
+    got = lk.mc_scores(None, None, [MCItem(question="q1", choices=("bb", "a", "ccc"), labels=(0, 1, 0))], cache=cache)
+    assert calls[1] == [("q1", "ccc")]  # only the new pair
+    e = math.exp
+    assert got["mc1"] == 1.0 and got["mc2"] == pytest.approx(e(-1) / (e(-1) + e(-2) + e(-3)))
+    lk.mc_scores(None, None, twice, cache=cache)
+    assert len(calls) == 2  # everything known: nothing scored
+
+
 def other_arch(arch: str, tok):
     return peaked_other_arch(arch, tok)
 

@@ -150,6 +150,7 @@ def mc_scores(
     template: str = "qa",
     batch_size: int = 8,
     max_length: int = 512,
+    cache: dict[tuple[str, str], float] | None = None,
 ) -> dict:
     """TruthfulQA-style multiple-choice scores.
 
@@ -162,6 +163,10 @@ def mc_scores(
     - MC2: mean over items of the total probability of the true choices, with the
       probabilities given by a softmax over the choices' total log-likelihoods.
 
+    ``cache`` maps (question, choice) to its total log-likelihood; pairs found
+    there are not scored again and new ones are added (MC1's choices are
+    mostly among MC2's, so one cache across both halves the work).
+
     Returns ``{"mc1": ..., "mc2": ..., "n": number of items}``.
     """
     if not items:
@@ -173,9 +178,18 @@ def mc_scores(
                 f"item {item.question[:60]!r} needs as many labels as choices, and at least one choice."
             )
         examples.extend(Example(prompt=item.question, response=c) for c in item.choices)
-    # All choices of all items are scored together, so batches stay full.
-    per_token = token_logprobs(model, tokenizer, examples, template, max_length, batch_size, add_eos=False)
-    totals = [float(lp.double().sum()) for lp in per_token]
+    known = {} if cache is None else cache
+    todo: dict[tuple[str, str], Example] = {}
+    for ex in examples:
+        key = (ex.prompt, ex.response)
+        if key not in known and key not in todo:
+            todo[key] = ex
+    # All new choices of all items are scored together, so batches stay full.
+    if todo:
+        per_token = token_logprobs(model, tokenizer, list(todo.values()), template, max_length, batch_size, add_eos=False)
+        for key, lp in zip(todo, per_token):
+            known[key] = float(lp.double().sum())
+    totals = [known[(ex.prompt, ex.response)] for ex in examples]
 
     mc1_hits = 0
     mc2_sum = 0.0

@@ -172,15 +172,17 @@ def truthfulqa_mc(
     if not items:
         raise DataError("truthfulqa_mc needs at least one item.")
     # Both scores are means over questions, so chunk results pool by their sizes.
-    mc1_hits = 0.0
-    for chunk in _chunks(items, CHUNK, progress, "truthfulqa mc1"):
-        mc1_hits += mc_scores(model, tokenizer, chunk, template, batch_size, max_length)["mc1"] * len(chunk)
+    # MC2 first: its choice sets hold most of MC1's, which the cache then reuses.
+    cache: dict[tuple[str, str], float] = {}
     mc2 = None
     if mc2_items:
         mc2_sum = 0.0
         for chunk in _chunks(mc2_items, CHUNK, progress, "truthfulqa mc2"):
-            mc2_sum += mc_scores(model, tokenizer, chunk, template, batch_size, max_length)["mc2"] * len(chunk)
+            mc2_sum += mc_scores(model, tokenizer, chunk, template, batch_size, max_length, cache)["mc2"] * len(chunk)
         mc2 = mc2_sum / len(mc2_items)
+    mc1_hits = 0.0
+    for chunk in _chunks(items, CHUNK, progress, "truthfulqa mc1"):
+        mc1_hits += mc_scores(model, tokenizer, chunk, template, batch_size, max_length, cache)["mc1"] * len(chunk)
     return {"mc1": mc1_hits / len(items), "mc2": mc2, "n": len(items)}
 
 
