@@ -76,7 +76,7 @@ def test_demo_end_to_end_on_a_tiny_model(tmp_path, smol_tokenizer, capsys):
     argv = ["demo", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--normal", str(normal),
             "--out", str(out), "--steps", "2", "--forget-prompts", "6", "--unseen-prompts", "4",
             "--normal-test", "2", "--max-new-tokens", "6", "--device", "cpu", "--no-progress",
-            "--set", "train.batch_size=2", "--judge", "refusal"]
+            "--set", "train.batch_size=2", "--set", "train.max_forget_loss=null", "--judge", "refusal"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "harmful rate, unseen prompts (refusal)" in printed and "Unlearned model:" in printed
@@ -120,6 +120,6 @@ def test_demo_end_to_end_on_a_tiny_model(tmp_path, smol_tokenizer, capsys):
     mtime = (out / "unlearn" / "summary.json").stat().st_mtime_ns
     report2 = run_demo(DemoOptions(model=str(tiny_model_dir), prompts=str(prompts), normal=str(normal), out=str(out),
                                    steps=2, forget_prompts=6, unseen_prompts=4, normal_test=2, max_new_tokens=6,
-                                   device="cpu", progress=False, judge="refusal", extra={"train.batch_size": 2}))
+                                   device="cpu", progress=False, judge="refusal", extra={"train.batch_size": 2, "train.max_forget_loss": None}))
     assert (out / "unlearn" / "summary.json").stat().st_mtime_ns == mtime
     assert report2["metrics"] == report["metrics"]
