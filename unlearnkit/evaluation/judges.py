@@ -7,9 +7,10 @@ at 0.5 (``p >= 0.5``). Judges are created by name with :func:`get_judge`:
 
 - ``refusal``: keyword refusal detection. A compliance proxy, not a harm
   judgement (see :class:`RefusalJudge`).
-- ``classifier`` / ``classifier:PATH``: the project's own offline judge, a LoRA
-  adapter and a linear head on SmolLM2-135M-Instruct trained on PKU-SafeRLHF
-  labels by ``unlearnkit judge train`` (:class:`ClassifierJudge`,
+- ``classifier`` / ``classifier:PATH``: the project's own offline judge trained on
+  PKU-SafeRLHF labels by ``unlearnkit judge train``: the shipped one is a
+  hashed-n-gram logistic regression (``kind: lexical``), a LoRA adapter + head
+  on a base LM is the other kind (:class:`ClassifierJudge`,
   :func:`train_judge`, :func:`evaluate_judge`).
 - ``hf_classifier:MODEL``: any Hugging Face sequence-classification model
   (:class:`HFClassifierJudge`).
@@ -1030,7 +1031,7 @@ _POSITIONAL = {"classifier": "path", "hf_classifier": "model", "guard": "model"}
 
 
 def default_judges() -> list[str]:
-    """``refusal``, plus ``classifier`` once the shipped judge has been trained."""
+    """``refusal`` and ``classifier`` (the shipped judge); ``refusal`` alone when the package lacks it."""
     shipped = default_judge_dir()
     if (shipped / JUDGE_WEIGHTS).is_file() and (shipped / JUDGE_META).is_file():
         return ["refusal", "classifier"]

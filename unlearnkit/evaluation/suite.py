@@ -73,7 +73,7 @@ class EvalOptions(BaseModel):
     samples: int = Field(3, ge=0)  # example generations kept per set in eval.json
     progress: bool = True
     # Judge specs for the harm suite (see unlearnkit.evaluation.judges.get_judge).
-    # None: "refusal", plus "classifier" once the shipped judge is trained.
+    # None: "refusal" and "classifier" (the shipped judge; "refusal" alone if it is missing).
     judges: list[str | dict[str, Any]] | None = None
 
     forget_prompts: DataSourceConfig | None = None
