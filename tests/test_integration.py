@@ -73,7 +73,7 @@ def test_eval_of_smollm2_on_advbench(tmp_path, monkeypatch):
     assert 0.2 <= harm["harmful_rate"]["refusal"] <= 1.0
     assert 0.2 <= harm["harmful_rate"]["classifier"] <= 1.0
     assert result["results"]["truthfulqa"]["n"] == 817
-    assert result["seconds"] < 15 * 60
+    assert result["seconds"]["total"] < 15 * 60
     assert (tmp_path / "eval.json").exists() and (tmp_path / "eval.md").exists()
 
 
