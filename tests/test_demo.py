@@ -62,6 +62,15 @@ def test_splits_are_disjoint_seeded_and_checked():
         split_demo_prompts(harmful, normal, DemoOptions(forget_prompts=8, unseen_prompts=0))
 
 
+def test_a_malformed_override_fails_before_any_work(tmp_path):
+    from unlearnkit.errors import ConfigError
+
+    out = tmp_path / "demo"
+    with pytest.raises(ConfigError, match="key.path=value"):
+        run_demo(DemoOptions(out=str(out), overrides=["train.lr"]))
+    assert not out.exists()
+
+
 def test_demo_end_to_end_on_a_tiny_model(tmp_path, smol_tokenizer, capsys):
     tiny_model_dir = save_peaked_llama(tmp_path / "peaked", smol_tokenizer)  # it writes words
     prompts = tmp_path / "prompts.csv"
@@ -120,6 +129,7 @@ def test_demo_end_to_end_on_a_tiny_model(tmp_path, smol_tokenizer, capsys):
     mtime = (out / "unlearn" / "summary.json").stat().st_mtime_ns
     report2 = run_demo(DemoOptions(model=str(tiny_model_dir), prompts=str(prompts), normal=str(normal), out=str(out),
                                    steps=2, forget_prompts=6, unseen_prompts=4, normal_test=2, max_new_tokens=6,
-                                   device="cpu", progress=False, judge="refusal", extra={"train.batch_size": 2, "train.max_forget_loss": None}))
+                                   device="cpu", progress=False, judge="refusal",
+                                   overrides=["train.batch_size=2", "train.max_forget_loss=null"]))
     assert (out / "unlearn" / "summary.json").stat().st_mtime_ns == mtime
     assert report2["metrics"] == report["metrics"]

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unlearnkit.config import apply_overrides
 from unlearnkit.errors import DataError, UnlearnkitError
 from unlearnkit.rundir import atomic_write_json, atomic_write_text, save_figure
 
@@ -88,7 +89,7 @@ class DemoOptions:
     device: str = "auto"
     progress: bool = True
     examples: int = 3  # example answers shown before/after
-    extra: dict[str, Any] = field(default_factory=dict)  # more config keys for the unlearning run (dotted)
+    overrides: list[str] = field(default_factory=list)  # "key.path=value" settings of the unlearning run
 
 
 def builtin_prompt_file(name: str) -> Path:
@@ -181,10 +182,6 @@ def _judge_sets(judges: dict, splits: dict, answers: dict, names: list[str]) -> 
     return {name: {j: judge.harm_probability(splits[name], answers[name]) for j, judge in judges.items()} for name in names}
 
 
-def _rate(probs: list[float]) -> float:
-    return sum(p >= 0.5 for p in probs) / len(probs) if probs else float("nan")
-
-
 def _unlearn_config(opts: DemoOptions, data_dir: Path, run_root: Path) -> dict:
     """The ``llm_unlearn`` run on the demo's own data (a plain run config; saved as config.yaml)."""
     raw: dict[str, Any] = {
@@ -208,13 +205,7 @@ def _unlearn_config(opts: DemoOptions, data_dir: Path, run_root: Path) -> dict:
                   "progress": opts.progress},
         "eval": {"enabled": False},
     }
-    for key, value in opts.extra.items():
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return raw
+    return apply_overrides(raw, opts.overrides)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -227,6 +218,7 @@ def _stage(out: Path, name: str, key: str, compute) -> dict:
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
+            print(f"reusing {path}", flush=True)
             return saved["value"]
     value = compute()
     atomic_write_json(path, {"key": key, "value": value})
@@ -235,11 +227,9 @@ def _stage(out: Path, name: str, key: str, compute) -> dict:
 
 def run_demo(opts: DemoOptions) -> dict:
     """Run the whole demo; returns the report dict (also written to ``opts.out``)."""
-    import torch
-
     from unlearnkit.config import load_config
     from unlearnkit.evaluation.judges import get_judge
-    from unlearnkit.evaluation.metrics import diversity, fluency, similarity_to_original
+    from unlearnkit.evaluation.metrics import diversity, fluency, harmful_rate, similarity_to_original
     from unlearnkit.models import ModelConfig, load_model
     from unlearnkit.train import run_unlearning
 
@@ -258,6 +248,8 @@ def run_demo(opts: DemoOptions) -> dict:
     print(f"{len(harmful)} harmful prompts from {opts.prompts}: {len(splits['forget'])} to forget, "
           f"{len(splits['unseen'])} unseen (test only); {len(normal)} everyday questions: "
           f"{len(splits['normal_retain'])} retain, {len(splits['normal_test'])} test", flush=True)
+    data_dir = out / "data"
+    raw = _unlearn_config(opts, data_dir, out)  # a malformed override fails here, before any work
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "splits.json", splits)
     judges = {opts.judge: get_judge(opts.judge)}
@@ -286,7 +278,6 @@ def run_demo(opts: DemoOptions) -> dict:
         )
     retain_rows = [{"prompt": p, "response": a} for p, a in zip(splits["normal_retain"], before["normal_retain"]) if a.strip()]
     refusal_rows = [{"prompt": row["prompt"], "response": REFUSALS[i % len(REFUSALS)]} for i, row in enumerate(forget_rows)]
-    data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     _write_jsonl(data_dir / "forget.jsonl", forget_rows)
     _write_jsonl(data_dir / "retain.jsonl", retain_rows)
@@ -296,17 +287,9 @@ def run_demo(opts: DemoOptions) -> dict:
 
     step(f"4/6 unlearning (llm_unlearn, LoRA, {opts.steps} steps)")
     t = time.time()
-    raw = _unlearn_config(opts, data_dir, out)
     cfg = load_config(raw=raw)
     run_key = _fingerprint({"config": raw, "data": [forget_rows, retain_rows, refusal_rows]})
-    summary_path = out / "unlearn" / "summary.json"
-    key_path = out / "unlearn" / "demo_key.txt"
-    if summary_path.is_file() and key_path.is_file() and key_path.read_text() == run_key:
-        summary = json.loads(summary_path.read_text())
-        print(f"reusing the finished run in {summary_path.parent}", flush=True)
-    else:
-        summary = run_unlearning(cfg, overwrite=True)
-        atomic_write_text(key_path, run_key)
+    summary = _stage(out, "unlearn_summary.json", run_key, lambda: run_unlearning(cfg, overwrite=True))
     timings["unlearning"] = time.time() - t
     model_path = Path(summary["model_path"])
 
@@ -327,7 +310,7 @@ def run_demo(opts: DemoOptions) -> dict:
         m: dict[str, float | None] = {}
         for name in ("forget", "unseen"):
             for j in judges:
-                m[f"harmful rate, {name} prompts ({j})"] = _rate(judged[name][j])
+                m[f"harmful rate, {name} prompts ({j})"] = harmful_rate(judged[name][j])
         sim = similarity_to_original(before["normal_test"], answers["normal_test"])
         m["similarity to original, everyday (cosine)"] = sim["cosine"]
         m["similarity to original, everyday (ROUGE-L)"] = sim["rouge_l"]
@@ -338,7 +321,6 @@ def run_demo(opts: DemoOptions) -> dict:
         metrics[label] = m
     timings["evaluation"] = time.time() - t
     del original
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
     b, a = metrics["Original"], metrics["Unlearned"]
     key = f"harmful rate, unseen prompts ({main_judge})"
@@ -459,7 +441,8 @@ def write_demo_report(report: dict, out: Path) -> None:
 
 def reset_demo_dir(out: Path) -> None:
     """Remove a previous demo's outputs (only files the demo writes)."""
-    for name in ("answers_original.json", "answers_unlearned.json", "splits.json", "report.json", "report.md", "report.png"):
+    for name in ("answers_original.json", "answers_unlearned.json", "unlearn_summary.json", "splits.json",
+                 "report.json", "report.md", "report.png"):
         (out / name).unlink(missing_ok=True)
     for name in ("data", "unlearn"):
         shutil.rmtree(out / name, ignore_errors=True)
@@ -469,18 +452,12 @@ def reset_demo_dir(out: Path) -> None:
 
 
 def cmd_demo(args) -> int:
-    from unlearnkit.config import parse_override
-
-    extra = {}
-    for item in args.set or []:
-        path, value = parse_override(item)
-        extra[".".join(path)] = value
     opts = DemoOptions(
         model=args.model, prompts=args.prompts, normal=args.normal, out=args.out, steps=args.steps,
         forget_prompts=args.forget_prompts, unseen_prompts=args.unseen_prompts, normal_test=args.normal_test,
         max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device, progress=not args.no_progress,
         judge=args.judge,
-        extra=extra,
+        overrides=list(args.set or []),
     )
     out = Path(opts.out).expanduser()
     if args.overwrite and out.exists():

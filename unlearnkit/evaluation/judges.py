@@ -710,7 +710,7 @@ JUDGE_KINDS = ("lexical", "lora")
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4)
 
 
-def _fit_lexical(train_items, *, dim: int, ngram: int, l2_grid: Sequence[float], max_iter: int,
+def _fit_lexical(train_groups: list[list[tuple[str, str, bool]]], *, dim: int, ngram: int, l2_grid: Sequence[float], max_iter: int,
                  val_fraction: float, seed: int, progress: bool) -> tuple[dict, dict, dict, Callable]:
     """Pick ``l2`` on a validation part of the training pairs, then refit on all of them."""
     from tqdm.auto import tqdm
@@ -723,15 +723,11 @@ def _fit_lexical(train_items, *, dim: int, ngram: int, l2_grid: Sequence[float],
         raise UnlearnkitError(f"l2 values must be >= 0 and at least one given, got {list(l2_grid)}.")
     if not 0 < val_fraction < 1:
         raise UnlearnkitError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
-    # train_items come pair by pair (both answers of a prompt next to each
-    # other); the validation part takes whole pairs too.
-    n_pairs = len(train_items) // 2
-    n_val = max(1, round(n_pairs * val_fraction))
-    order = list(range(n_pairs))
-    random.Random(seed + 1).shuffle(order)
-    val_pairs = set(order[:n_val])
-    fit_part = [it for k, it in enumerate(train_items) if k // 2 not in val_pairs]
-    val_part = [it for k, it in enumerate(train_items) if k // 2 in val_pairs]
+    # The validation part takes whole pairs, as the held-out split does.
+    n_val = max(1, round(len(train_groups) * val_fraction))
+    fit_idx, val_idx = split_pairs(len(train_groups), len(train_groups) - n_val, None, seed + 1)
+    fit_part, val_part = _flatten(train_groups, fit_idx), _flatten(train_groups, val_idx)
+    train_items = [item for group in train_groups for item in group]
 
     def matrix(items):
         return lexical.feature_matrix([r for _, r, _ in items], dim, ngram), torch.tensor([float(h) for _, _, h in items])
@@ -911,7 +907,7 @@ def train_judge(
     t0 = time.time()
     if kind == "lexical":
         state, model_meta, hyper, predict = _fit_lexical(
-            train_items, dim=dim or lexical.DEFAULT_DIM, ngram=ngram or lexical.DEFAULT_NGRAM, l2_grid=l2_grid,
+            [pairs[i] for i in train_idx], dim=dim or lexical.DEFAULT_DIM, ngram=ngram or lexical.DEFAULT_NGRAM, l2_grid=l2_grid,
             max_iter=max_iter, val_fraction=val_fraction, seed=seed, progress=progress)
     else:
         state, model_meta, hyper, predict = _fit_lora(
