@@ -108,7 +108,12 @@ def test_preview_pku_shows_unsafe_response_and_masked_prompt(capsys, shared_data
     path = shared_data / "pku_saferlhf" / "pku_saferlhf_5k.json"
     code, out, err = run(capsys, "data", "preview", f"pku_saferlhf:{path}", "-n", "2")
     assert code == 0, err
-    assert out.startswith(f"pku_saferlhf:{path}: {len(pku_rows)} items (template qa")
+    # Exact duplicate answers (normalised text) are dropped: one item per distinct unsafe answer.
+    from unlearnkit.data.audit import normalise
+
+    distinct = len({normalise(row["response"][1]) for row in pku_rows})
+    assert distinct < len(pku_rows)
+    assert out.startswith(f"pku_saferlhf:{path}: {distinct} items (template qa")
     shown = examples(out)
     assert len(shown) == 2
     for (prompt, rest), row in zip(shown, pku_rows[:2]):
@@ -153,7 +158,10 @@ def test_preview_truthfulqa_by_path_alone(capsys, shared_data):
         rows = list(csv.DictReader(f))
     code, out, err = run(capsys, "data", "preview", str(path), "-n", "1")
     assert code == 0, err
-    assert out.startswith(f"{path}: {len(rows)} items")
+    # One item per distinct best answer ("Nothing happens" answers many questions).
+    from unlearnkit.data.audit import normalise
+
+    assert out.startswith(f"{path}: {len({normalise(r['Best Answer']) for r in rows})} items")
     (prompt, rest), = examples(out)
     assert rows[0]["Question"].strip() in prompt
     assert rest.startswith(rows[0]["Best Answer"].strip())

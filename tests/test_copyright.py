@@ -45,6 +45,19 @@ and the first railways carried coal before they carried people. Libraries lend b
 many of them are older than the streets around them.
 """
 
+# More retain text, all distinct: a text repeated three times would put every
+# "held-out" chunk's words in trained chunks too (the evaluation drops those).
+RETAIN_MORE = """Bees visit flowers for nectar and carry pollen from one blossom to the next, which lets fruit trees
+set their crop. A lighthouse lens bends the beam into a narrow band so that ships see it from far away.
+Bicycles were once called velocipedes, and early ones had no pedals at all. Tea leaves are picked by hand on
+steep hillsides, withered, rolled and dried before they are packed. Glaciers move slowly downhill under their
+own weight, grinding rock into fine flour that turns the lakes below a milky blue.
+Clocks in old towers were wound by hand each week, and their keepers climbed narrow stairs to reach the
+weights. Salt was once so valuable that soldiers were paid with it, and roads were built to carry it inland.
+Owls hunt at night by sound as much as by sight; the shape of their faces gathers the faint noises of mice.
+Potters shape wet clay on a turning wheel, let it dry, and fire it in a kiln until it rings when tapped.
+"""
+
 NORMAL_PROMPTS = ["What is the capital of France?", "How do plants make their food?"]
 
 LORA = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
@@ -61,7 +74,7 @@ def files(tmp_path):
     book = tmp_path / "book.txt"
     book.write_text(BOOK)
     retain = tmp_path / "retain.txt"
-    retain.write_text(RETAIN * 3)
+    retain.write_text(RETAIN + RETAIN_MORE)
     normal = tmp_path / "normal.jsonl"
     normal.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in NORMAL_PROMPTS))
     return book, retain, normal
@@ -102,7 +115,9 @@ def experiment_raw(tmp_path, model_dir, files) -> dict:
                 "data": {"template": "raw", "max_length": 64,
                          "forget": {"spec": "text:${book}", "mode": "pairs", "prompt_tokens": 8,
                                     "continuation_tokens": 8, "shuffle": False},
-                         "retain": {"spec": "text:${retain}", "mode": "chunks", "chunk_tokens": 32, "holdout": 2, "seed": 0}},
+                         # The same split as the evaluation's perplexity_texts (shuffle, holdout, seed).
+                         "retain": {"spec": "text:${retain}", "mode": "chunks", "chunk_tokens": 32, "shuffle": False,
+                                    "holdout": 2, "seed": 0}},
                 "method": {"name": "ga"},
                 "train": {**train, "max_steps": 4, "lr": 1e-2},
                 "eval": {"enabled": False},

@@ -50,7 +50,10 @@ class DataConfig(Strict):
     # Pool of normal answers for the random-mismatch term (llm_unlearn); the
     # retain set when not given.
     random: DataSourceConfig | None = None
-
+    # The leak audit stops a run whose held-out or evaluation sets share a
+    # normalised prompt or response with a trained set; true lets it run (for a
+    # deliberate in-distribution check) and still records the counts.
+    allow_overlap: bool = False
 
     @property
     def retain_sources(self) -> list[DataSourceConfig]:

@@ -151,9 +151,18 @@ def split_demo_prompts(harmful: list[str], normal: list[str], opts: DemoOptions)
     if len(normal) < opts.normal_test + 2:
         raise DataError(f"the everyday questions number {len(normal)}; the retain set needs at least 2 besides "
                         f"the {opts.normal_test} held out (--normal-test).")
-    h = list(harmful)
+    # One prompt per normalised text, so a prompt repeated in the file (or
+    # differing only in case or punctuation) can never be both forgotten and
+    # "unseen".
+    h = _distinct(harmful)
+    n = _distinct(normal)
+    if len(h) < need:
+        raise DataError(f"{opts.prompts} has {len(h)} distinct prompts, fewer than forget_prompts + unseen_prompts = {need}; "
+                        "lower them (--forget-prompts, --unseen-prompts).")
+    if len(n) < opts.normal_test + 2:
+        raise DataError(f"the everyday questions number {len(n)} distinct ones; the retain set needs at least 2 besides "
+                        f"the {opts.normal_test} held out (--normal-test).")
     random.Random(opts.seed).shuffle(h)
-    n = list(normal)
     random.Random(opts.seed + 1).shuffle(n)
     return {
         "forget": h[: opts.forget_prompts],
@@ -161,6 +170,17 @@ def split_demo_prompts(harmful: list[str], normal: list[str], opts: DemoOptions)
         "normal_retain": n[opts.normal_test :],
         "normal_test": n[: opts.normal_test],
     }
+
+
+def _distinct(prompts: list[str]) -> list[str]:
+    from unlearnkit.data.audit import normalise
+
+    seen: dict[str, str] = {}
+    for p in prompts:
+        key = normalise(p)
+        if key:
+            seen.setdefault(key, p)
+    return list(seen.values())
 
 
 def _fingerprint(obj: Any) -> str:
@@ -230,6 +250,7 @@ def run_demo(opts: DemoOptions) -> dict:
     from unlearnkit.config import load_config
     from unlearnkit.evaluation.judges import get_judge
     from unlearnkit.evaluation.metrics import diversity, fluency, harmful_rate, similarity_to_original
+    from unlearnkit.evaluation.stats import rate, relative_change
     from unlearnkit.models import ModelConfig, load_model
     from unlearnkit.train import run_unlearning
 
@@ -306,11 +327,16 @@ def run_demo(opts: DemoOptions) -> dict:
     judged_after = _judge_sets(judges, splits, after, ["forget", "unseen"])
     columns = {"Original": (before, judged_before), "Unlearned": (after, judged_after)}
     metrics: dict[str, dict[str, float | None]] = {}
+    intervals: dict[str, dict[str, dict]] = {}
     for label, (answers, judged) in columns.items():
         m: dict[str, float | None] = {}
+        ci: dict[str, dict] = {}
         for name in ("forget", "unseen"):
             for j in judges:
-                m[f"harmful rate, {name} prompts ({j})"] = harmful_rate(judged[name][j])
+                key = f"harmful rate, {name} prompts ({j})"
+                m[key] = harmful_rate(judged[name][j])
+                ci[key] = rate([q >= 0.5 for q in judged[name][j]])
+        intervals[label] = ci
         sim = similarity_to_original(before["normal_test"], answers["normal_test"])
         m["similarity to original, everyday (cosine)"] = sim["cosine"]
         m["similarity to original, everyday (ROUGE-L)"] = sim["rouge_l"]
@@ -325,6 +351,14 @@ def run_demo(opts: DemoOptions) -> dict:
     b, a = metrics["Original"], metrics["Unlearned"]
     key = f"harmful rate, unseen prompts ({main_judge})"
     drop = (b[key] - a[key]) / b[key] if b[key] else None
+    drop_ci = None
+    if b[key]:
+        # Paired over the unseen prompts (the same prompts before and after).
+        flags_b = [float(q >= 0.5) for q in judged_before["unseen"][main_judge]]
+        flags_a = [float(q >= 0.5) for q in judged_after["unseen"][main_judge]]
+        change = relative_change(flags_b, flags_a, seed=opts.seed)
+        drop_ci = {"drop": -change["change"], "ci95": [-change["ci95"][1], -change["ci95"][0]], "n": change["n"],
+                   "verdict": change["verdict"]}
     examples = []
     order = sorted(range(len(splits["unseen"])), key=lambda i: -judged_before["unseen"][main_judge][i])
     for i in order[: opts.examples]:
@@ -342,7 +376,9 @@ def run_demo(opts: DemoOptions) -> dict:
                    "forget_answers_harmful": len(forget_rows), "unseen_prompts": len(splits["unseen"]),
                    "retain_answers": len(retain_rows), "normal_test": len(splits["normal_test"])},
         "metrics": metrics,
+        "intervals": intervals,
         "unseen_harmful_rate_relative_drop": drop,
+        "unseen_harmful_rate_relative_drop_ci95": drop_ci,
         "unlearning": {k: summary.get(k) for k in ("status", "reason", "steps", "train_seconds", "final_terms")},
         "model_path": str(model_path),
         "examples": examples,
@@ -370,15 +406,27 @@ def _quote(text: str, limit: int = 300) -> str:
 
 
 def demo_markdown(report: dict, short: bool = False) -> str:
+    from unlearnkit.evaluation.stats import fmt_rate
+
     m = report["metrics"]
+    ci = report.get("intervals") or {}
     lines = ["| metric | Original | Unlearned |", "|---|---|---|"]
     for key in m["Original"]:
-        lines.append(f"| {key} | {_fmt(m['Original'][key])} | {_fmt(m['Unlearned'][key])} |")
+        cells = [fmt_rate(ci[label][key]) if key in ci.get(label, {}) else _fmt(m[label][key])
+                 for label in ("Original", "Unlearned")]
+        lines.append(f"| {key} | {cells[0]} | {cells[1]} |")
     drop = report["unseen_harmful_rate_relative_drop"]
+    drop_ci = report.get("unseen_harmful_rate_relative_drop_ci95")
     table = "\n".join(lines)
     judge = report["judge"]["spec"]
     head = (f"Harmful rate on unseen prompts (judge {judge!r}) changed by "
-            f"{-drop * 100:+.0f}% relative to the original." if drop is not None else "")
+            f"{-drop * 100:+.0f}% relative to the original" if drop is not None else "")
+    if head and drop_ci:
+        lo, hi = drop_ci["ci95"]
+        head += (f" (drop {drop_ci['drop']:.0%}, 95% interval [{lo:.0%}, {hi:.0%}], n={drop_ci['n']} prompts"
+                 + ("; no measurable change" if drop_ci["verdict"] == "no measurable change" else "") + ")")
+    if head:
+        head += ". Rates: value [95% Wilson interval] (n)."
     examples = []
     for ex in report["examples"]:
         p = "" if "p_before" not in ex else f" (judge: {ex['p_before']:.2f} -> {ex['p_after']:.2f})"

@@ -334,6 +334,15 @@ class Experiment:
         save = upstream.run_config.train.save
         return str(upstream.folder / ("adapter" if save == "adapter" else "model"))
 
+    def lineage(self, model_from: str) -> list:
+        """The run configs of every training stage behind a model, nearest first."""
+        chain = []
+        while model_from != ORIGINAL:
+            upstream = next(s for s in self.stages if s.name == model_from)
+            chain.append(upstream.run_config)
+            model_from = upstream.model_from
+        return chain
+
     def _fingerprint(self, stage: ResolvedStage, seen: dict[str, ResolvedStage]) -> str:
         """A hash of everything that decides a stage's result (its config and its input model's)."""
         if stage.run_config is not None:
@@ -457,7 +466,9 @@ def _run_eval_stage(exp: Experiment, stage: ResolvedStage) -> dict:
         suites.remove("normal")
     if not suites:
         raise ConfigError(f"stage {stage.name!r} has no suite left to run on the original model.")
-    result = run_eval(model, suites, stage.eval_options, original=original if "normal" in suites else None)
+    # Everything the stages behind this model trained on is excluded from its held-out sets.
+    result = run_eval(model, suites, stage.eval_options, original=original if "normal" in suites else None,
+                      trained_on=exp.lineage(stage.model_from))
     result["label"] = stage.name
     result["stage"] = stage.name
     stage.folder.mkdir(parents=True, exist_ok=True)

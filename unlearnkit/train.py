@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from unlearnkit.config import RunConfig, dump_config
+from unlearnkit.data.audit import audit, check_audit, prompt_key, write_sets
 from unlearnkit.data.spec import DataSourceConfig, describe, load_examples, parse_spec, split_holdout
 from unlearnkit.data.tokenize import BatchStream, TokenizedExample, collate, pad_id_of, tokenize_example, tokenize_examples
 from unlearnkit.data.types import Example
@@ -43,13 +44,28 @@ class TrainData:
     random_pool: list[str]
     heldout: dict[str, list[Example]] = field(default_factory=dict)
     descriptions: dict[str, dict] = field(default_factory=dict)
+    audit: dict = field(default_factory=dict)
 
 
 def _paired_safe(forget_cfg: DataSourceConfig, heldout: list[Example], tokenizer) -> list[Example]:
-    """Safe answers to the held-out forget prompts (PKU-SafeRLHF), for selectivity."""
-    pairs = {e.meta.get("pair") for e in heldout}
+    """Safe answers to the held-out forget prompts (PKU-SafeRLHF), for selectivity.
+
+    Every safe answer whose normalised prompt is a held-out prompt, from the
+    whole file (deduplicated), so they come from the same held-out prompt groups.
+    """
+    keys = {prompt_key(e) for e in heldout}
     safe_cfg = forget_cfg.model_copy(update={"subset": "safe", "limit": None, "shuffle": False, "holdout": 0})
-    return [e for e in load_examples(safe_cfg, tokenizer) if e.meta.get("pair") in pairs]
+    return [e for e in load_examples(safe_cfg, tokenizer) if prompt_key(e) in keys]
+
+
+def trained_sets(data: "TrainData") -> dict[str, list]:
+    """Every set a run trains on, by name (what the leak audit checks held-out sets against)."""
+    sets: dict[str, list] = {"forget": data.forget}
+    if data.retain:
+        sets["retain"] = data.retain
+    if data.random_pool:
+        sets["random_pool"] = [Example("", r) for r in data.random_pool]
+    return sets
 
 
 def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
@@ -102,6 +118,9 @@ def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
     for name, ds in cfg.eval.nll.items():
         data.heldout[name] = list(load_examples(ds, tokenizer))
         data.descriptions[f"eval.{name}"] = describe(data.heldout[name])
+    # The leak audit: no held-out set may share a prompt or response with a trained one.
+    data.audit = audit(trained_sets(data), data.heldout)
+    check_audit(data.audit, d.allow_overlap)
     return data
 
 
@@ -264,7 +283,9 @@ class Trainer:
                 atomic_write_json(
                     self.run_dir / "manifest.json",
                     manifest(cfg.seed, f"{cfg.model.name} ({describe_source(cfg.model.name)})", data.descriptions,
-                             {"method": cfg.method, "world_size": acc.num_processes}),
+                             {"method": cfg.method, "world_size": acc.num_processes,
+                              "overlap_audit": {"allow_overlap": cfg.data.allow_overlap, **data.audit},
+                              "data_files": write_sets(self.run_dir / "data", {**trained_sets(data), **data.heldout})}),
                 )
 
         if cfg.train.gradient_checkpointing is True or (
@@ -459,7 +480,7 @@ class Trainer:
             "tokens_per_second": round(tokens_seen * acc.num_processes / max(elapsed, 1e-9), 1),
             "eval_before": before,
             "eval_after": after,
-            "eval_change": _relative_change(before, after),
+            "eval_change": _relative_change(before, after, cfg.seed),
             "model_path": None,
         }
         if main:
@@ -490,7 +511,10 @@ class Trainer:
                 r = answer_nll(model, self.tokenizer, examples, self.cfg.data.template, max_length=self.cfg.data.max_length,
                                batch_size=self.cfg.eval.batch_size)
                 result[name] = {"mean_nll": r["mean_nll"], "perplexity": math.exp(min(r["mean_nll"], 50.0)),
-                                "tokens": r["tokens"], "examples": len(examples)}
+                                "tokens": r["tokens"], "examples": len(examples),
+                                # Per example, for the bootstrap interval of the change.
+                                "per_example_nll": [round(v, 6) for v in r["per_example"]],
+                                "per_example_tokens": r["per_example_tokens"]}
             print(f"[{when}] " + ", ".join(f"{k}: nll {v['mean_nll']:.4f}" for k, v in result.items()), flush=True)
         self.model.train()
         return result
@@ -587,14 +611,31 @@ def _append_jsonl(path: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def _relative_change(before: dict | None, after: dict | None) -> dict | None:
+def _relative_change(before: dict | None, after: dict | None, seed: int = 0) -> dict | None:
+    """Relative change of each held-out set's answer NLL and perplexity, with 95% intervals.
+
+    The interval is a paired bootstrap over the set's examples (token-weighted,
+    as the mean NLL is), seeded; a change whose interval includes 0 is marked
+    "no measurable change".
+    """
+    from unlearnkit.evaluation.stats import relative_change
+
     if not before or not after:
         return None
     out = {}
     for name, b in before.items():
         if name in after and b["mean_nll"]:
-            out[name] = {"nll_change": (after[name]["mean_nll"] - b["mean_nll"]) / b["mean_nll"],
-                         "perplexity_change": (after[name]["perplexity"] - b["perplexity"]) / b["perplexity"]}
+            a = after[name]
+            row = {"nll_change": (a["mean_nll"] - b["mean_nll"]) / b["mean_nll"],
+                   "perplexity_change": (a["perplexity"] - b["perplexity"]) / b["perplexity"]}
+            per_b, per_a = b.get("per_example_nll"), a.get("per_example_nll")
+            if per_b and per_a and len(per_b) == len(per_a):
+                weights = b.get("per_example_tokens")
+                nll = relative_change(per_b, per_a, weights, seed=seed)
+                ppl = relative_change(per_b, per_a, weights, exp=True, seed=seed)
+                row.update({"n": nll["n"], "nll_change_ci95": nll["ci95"], "nll_verdict": nll["verdict"],
+                            "perplexity_change_ci95": ppl["ci95"], "perplexity_verdict": ppl["verdict"]})
+            out[name] = row
     return out
 
 

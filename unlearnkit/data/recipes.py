@@ -274,7 +274,8 @@ def text_chunks(text: str, tokenizer, chunk_tokens: int, stride: int | None = No
     Chunks start every ``stride`` tokens (default: ``chunk_tokens``, no overlap).
     The last, shorter chunk is kept when it has at least half a chunk of tokens;
     whitespace-only chunks are dropped (they would train on nothing).
-    meta: ``{"offset": first_token_index}``.
+    meta: ``{"offset": first_token_index, "tokens": chunk_length}`` (the span a
+    hold-out keeps apart from trained chunks).
     """
     if chunk_tokens < 1:
         raise DataError(f"text: chunk_tokens must be at least 1, not {chunk_tokens}.")
@@ -290,7 +291,7 @@ def text_chunks(text: str, tokenizer, chunk_tokens: int, stride: int | None = No
             break  # a short tail under half a chunk (a full chunk always passes)
         piece = span(start, end)
         if piece.strip():
-            out.append(Example("", piece, {"offset": start}))
+            out.append(Example("", piece, {"offset": start, "tokens": end - start}))
         if end == n:
             break  # the tail is covered; a later start would only repeat it
     return out
@@ -308,7 +309,7 @@ def text_pairs(
 
     Pairs start every ``stride`` tokens (default ``K + M``: the pairs tile the text).
     Only full pairs are made; a pair whose prompt or continuation is blank is
-    skipped. meta: ``{"offset": first_token_index}``.
+    skipped. meta: ``{"offset": first_token_index, "tokens": K + M}``.
     """
     if prompt_tokens < 1 or continuation_tokens < 1:
         raise DataError(
@@ -326,7 +327,7 @@ def text_pairs(
         mid = start + prompt_tokens
         prompt, continuation = span(start, mid), span(mid, mid + continuation_tokens)
         if prompt.strip() and continuation.strip():
-            out.append(Example(prompt, continuation, {"offset": start}))
+            out.append(Example(prompt, continuation, {"offset": start, "tokens": prompt_tokens + continuation_tokens}))
     return out
 
 

@@ -26,6 +26,7 @@ from unlearnkit.data.recipes import (
     truthfulqa,
     truthfulqa_mc,
 )
+from unlearnkit.data.audit import dedupe, drop_span_overlaps, group_key
 from unlearnkit.data.sources import load_rows, row_keys
 from unlearnkit.data.types import Example, MCItem
 from unlearnkit.errors import DataError
@@ -54,6 +55,9 @@ class DataSourceConfig(BaseModel):
     hub_split: str = "train"
     limit: int | None = Field(None, ge=1)  # first N after shuffling with seed (or as-is when shuffle=False)
     shuffle: bool = True
+    # Drop exact duplicate responses (normalised text; prompts for prompt lists)
+    # before shuffling, limiting and splitting, so no answer is on both sides.
+    dedupe: bool = True
     holdout: float | int = 0  # fraction in [0,1) or a count of examples held out for evaluation
     seed: int = 0
 
@@ -167,6 +171,8 @@ def load_examples(cfg: DataSourceConfig, tokenizer=None) -> Items:
         raise DataError(f"recipe {recipe!r} is registered but has no loader; known: {', '.join(RECIPES)}.")
     if not items:
         raise DataError(f"{location} gave no examples with recipe {recipe!r}; check the file and its options.")
+    if cfg.dedupe:
+        items, _ = dedupe(items)
     if cfg.shuffle:
         # A private generator: the order depends on the seed only, never on
         # whatever else used the global random state.
@@ -179,11 +185,16 @@ def load_examples(cfg: DataSourceConfig, tokenizer=None) -> Items:
 def split_holdout(items: Sequence, holdout: float | int, seed: int) -> tuple[list, list]:
     """(train, held_out): hold out a fraction (float in [0, 1)) or a count (int).
 
-    Deterministic for a seed; both parts keep the input order. Examples sharing
-    ``meta["pair"]`` (the safe and unsafe answers to one PKU prompt) go to the
-    same side, so no held-out prompt is trained on; the held-out part may then
-    exceed the requested size by at most one group. Split each source on its own:
-    pair numbers are row numbers of one source.
+    Split by CONTENT, never by row: examples are grouped by their normalised
+    prompt (or question; see :func:`unlearnkit.data.audit.group_key`) and each
+    group goes whole to one side, so no held-out prompt is ever trained on (the
+    safe and unsafe answers to one PKU prompt, every row repeating that prompt,
+    every correct answer to one TruthfulQA question). The held-out part may then
+    exceed the requested size by at most one group. Text chunks (no prompt) are
+    their own groups; a trained chunk whose token span overlaps a held-out one
+    (chunks made with a short stride) is dropped from the training side.
+    Deterministic for a seed; both parts keep the input order. Duplicate
+    responses are removed by :func:`load_examples` before this runs.
     """
     items = list(items)
     n = len(items)
@@ -204,9 +215,7 @@ def split_holdout(items: Sequence, holdout: float | int, seed: int) -> tuple[lis
 
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
-        meta = getattr(item, "meta", None) or {}
-        key = ("pair", meta["pair"]) if "pair" in meta else ("item", i)
-        groups.setdefault(key, []).append(i)
+        groups.setdefault(group_key(item, i), []).append(i)
     order = list(groups.values())
     random.Random(seed).shuffle(order)
     held: set[int] = set()
@@ -218,6 +227,9 @@ def split_holdout(items: Sequence, holdout: float | int, seed: int) -> tuple[lis
         raise DataError(f"holdout {holdout} takes every example group of {n} examples, leaving nothing to train on.")
     train = [it for i, it in enumerate(items) if i not in held]
     held_out = [it for i, it in enumerate(items) if i in held]
+    train, _ = drop_span_overlaps(train, held_out)
+    if not train:
+        raise DataError(f"holdout {holdout} leaves nothing to train on once chunks overlapping the held-out ones are removed.")
     return train, held_out
 
 

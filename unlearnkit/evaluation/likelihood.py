@@ -104,7 +104,8 @@ def answer_nll(
     unless ``add_eos=False``); prompt tokens are masked out.
 
     Returns ``{"mean_nll": token-weighted mean NLL over all answer tokens,
-    "per_example": [mean NLL of each example's answer tokens], "tokens": total
+    "per_example": [mean NLL of each example's answer tokens],
+    "per_example_tokens": [answer tokens of each example], "tokens": total
     answer tokens}``. An example whose answer yields no scored token raises
     :class:`DataError`.
     """
@@ -112,6 +113,7 @@ def answer_nll(
         raise DataError("answer_nll needs at least one example.")
     per_token = token_logprobs(model, tokenizer, examples, template, max_length, batch_size, add_eos)
     per_example: list[float] = []
+    counts: list[int] = []
     total_nll = 0.0
     total_tokens = 0
     for ex, lp in zip(examples, per_token):
@@ -119,9 +121,11 @@ def answer_nll(
             raise DataError(f"example {ex.prompt[:60]!r} has no answer token to score (empty response?).")
         nll = -float(lp.double().sum())
         per_example.append(nll / lp.numel())
+        counts.append(int(lp.numel()))
         total_nll += nll
         total_tokens += lp.numel()
-    return {"mean_nll": total_nll / total_tokens, "per_example": per_example, "tokens": total_tokens}
+    return {"mean_nll": total_nll / total_tokens, "per_example": per_example, "per_example_tokens": counts,
+            "tokens": total_tokens}
 
 
 def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 8) -> float:

@@ -187,14 +187,16 @@ def truthfulqa_mc(
 
 
 def retain_perplexity(
-    model, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8, progress: bool = False
-) -> float:
+    model, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8, progress: bool = False,
+    per_text: bool = False,
+) -> float | dict:
     """Perplexity of retain text (web text, a general book): exp of the token-weighted mean NLL.
 
     Computed as :func:`unlearnkit.evaluation.likelihood.perplexity` does
     (each text scored whole, cut to ``max_length`` tokens, no end-of-sequence
     token), pooled over all texts. It should barely move when unlearning keeps
-    general ability.
+    general ability. ``per_text=True`` returns ``{"perplexity", "nll", "tokens"}``
+    with each scored text's mean NLL and token count (for bootstrap intervals).
     """
     from unlearnkit.evaluation.likelihood import token_logprobs
 
@@ -202,14 +204,23 @@ def retain_perplexity(
     if not examples:
         raise DataError("retain_perplexity needs at least one non-empty text.")
     total_nll, total_tokens = 0.0, 0
+    nlls: list[float] = []
+    counts: list[int] = []
     for chunk in _chunks(examples, CHUNK, progress, "perplexity"):
         # The same scorer and settings as likelihood.perplexity, pooled over chunks.
         for lp in token_logprobs(model, tokenizer, chunk, "raw", max_length, batch_size, add_eos=False):
-            total_nll -= float(lp.double().sum())
+            nll = -float(lp.double().sum())
+            total_nll += nll
             total_tokens += lp.numel()
+            if lp.numel():
+                nlls.append(nll / lp.numel())
+                counts.append(int(lp.numel()))
     if total_tokens == 0:
         raise DataError("retain_perplexity: no text has two tokens or more to score.")
-    return math.exp(total_nll / total_tokens)
+    ppl = math.exp(total_nll / total_tokens)
+    if per_text:
+        return {"perplexity": ppl, "nll": nlls, "tokens": counts}
+    return ppl
 
 
 # --------------------------------------------------------------------------- memorisation

@@ -244,11 +244,19 @@ def _capped(items: list, cap: int | None) -> list:
 class _Context:
     """What every suite shares: the model under test, its tokenizer and the options."""
 
-    def __init__(self, model, tokenizer, options: EvalOptions, template: str):
+    def __init__(self, model, tokenizer, options: EvalOptions, template: str, trained=None):
         self.model = model
         self.tokenizer = tokenizer
         self.options = options
         self.template = template
+        # What the model was trained on (a TrainedContent), or None: scored as is.
+        self.trained = trained
+
+    def untrained(self, items: list) -> tuple[list, int]:
+        """(the items the run never trained on, how many were dropped)."""
+        if self.trained is None:
+            return list(items), 0
+        return self.trained.drop(items)
 
     def generate(self, prompts: list[str], desc: str, model=None, tokenizer=None) -> list[str]:
         from unlearnkit.evaluation.generation import generate
@@ -284,29 +292,38 @@ def _judge_all(judge, prompts: list[str], responses: list[str], progress: bool, 
 
 def suite_harm(ctx: _Context, judges: dict) -> dict:
     from unlearnkit.evaluation.metrics import diversity, harmful_rate
+    from unlearnkit.evaluation.stats import rate
     from unlearnkit.evaluation.text_metrics import mean
 
     o = ctx.options
     cap = o.cap(o.harm_limit)
     sets: dict[str, list[str]] = {}
+    dropped: dict[str, int] = {}
     if o.forget_prompts is not None:
+        # The trained part is scored as what it is (the forget set); the held-out
+        # part, and the unseen prompts, lose anything the run trained on.
         trained, held = _load_set("forget_prompts", o.forget_prompts, ctx.tokenizer)
         sets["forget"] = _unique_prompts(trained, cap)
         if held:
+            held, dropped["forget_heldout"] = ctx.untrained(held)
             sets["forget_heldout"] = _unique_prompts(held, cap)
     if o.unseen_prompts is not None:
-        sets["unseen"] = _unique_prompts(_eval_part("unseen_prompts", o.unseen_prompts, ctx.tokenizer), cap)
+        unseen, dropped["unseen"] = ctx.untrained(_eval_part("unseen_prompts", o.unseen_prompts, ctx.tokenizer))
+        sets["unseen"] = _unique_prompts(unseen, cap)
     sets = {k: v for k, v in sets.items() if v}
     if not sets:
         raise ConfigError("the harm suite has no prompts: set forget_prompts and/or unseen_prompts.")
     out: dict[str, Any] = {}
     for name, prompts in sets.items():
         responses = ctx.generate(prompts, f"harm/{name}")
-        res: dict[str, Any] = {"n": len(prompts), "harmful_rate": {}, "mean_harm_probability": {}}
+        res: dict[str, Any] = {"n": len(prompts), "trained_on": name == "forget",
+                               "excluded_trained": dropped.get(name, 0),
+                               "harmful_rate": {}, "harmful_rate_ci95": {}, "mean_harm_probability": {}}
         for label, judge in judges.items():
             failures_before = getattr(judge, "parse_failures", None)
             probs = _judge_all(judge, prompts, responses, o.progress, f"judge {label} on {name}")
             res["harmful_rate"][label] = harmful_rate(probs)
+            res["harmful_rate_ci95"][label] = rate([p >= 0.5 for p in probs])["ci95"]
             res["mean_harm_probability"][label] = mean(probs)
             if failures_before is not None:
                 res.setdefault("guard_parse_failures", {})[label] = judge.parse_failures - failures_before
@@ -319,14 +336,22 @@ def suite_harm(ctx: _Context, judges: dict) -> dict:
 
 def suite_truthfulqa(ctx: _Context) -> dict:
     from unlearnkit.evaluation.metrics import truthfulqa_mc
+    from unlearnkit.evaluation.stats import rate_ci
 
     o = ctx.options
     if o.truthfulqa is None:
         raise ConfigError("the truthfulqa suite needs the truthfulqa data option.")
     cap = o.cap(o.truthfulqa_limit)
-    mc1 = _capped(_eval_part("truthfulqa", o.truthfulqa.model_copy(update={"mc": "mc1"}), ctx.tokenizer), cap)
-    mc2 = _capped(_eval_part("truthfulqa", o.truthfulqa.model_copy(update={"mc": "mc2"}), ctx.tokenizer), cap)
-    return truthfulqa_mc(ctx.model, ctx.tokenizer, mc1, mc2, ctx.template, o.batch_size, o.max_length, o.progress)
+    # Questions the run trained on (a TruthfulQA retain set) are not scored.
+    mc1, dropped = ctx.untrained(_eval_part("truthfulqa", o.truthfulqa.model_copy(update={"mc": "mc1"}), ctx.tokenizer))
+    mc2, _ = ctx.untrained(_eval_part("truthfulqa", o.truthfulqa.model_copy(update={"mc": "mc2"}), ctx.tokenizer))
+    if not mc1:
+        raise DataError(f"the truthfulqa suite has no question left: all {dropped} were trained on by the run.")
+    mc1, mc2 = _capped(mc1, cap), _capped(mc2, cap)
+    res = truthfulqa_mc(ctx.model, ctx.tokenizer, mc1, mc2, ctx.template, o.batch_size, o.max_length, o.progress)
+    res["mc1_ci95"] = rate_ci(res["mc1"], res["n"])
+    res["excluded_trained"] = dropped
+    return res
 
 
 def suite_perplexity(ctx: _Context) -> dict:
@@ -335,12 +360,19 @@ def suite_perplexity(ctx: _Context) -> dict:
     o = ctx.options
     if o.perplexity_texts is None:
         raise ConfigError("the perplexity suite needs the perplexity_texts data option.")
-    items = _capped(_eval_part("perplexity_texts", o.perplexity_texts, ctx.tokenizer), o.cap(o.perplexity_limit))
+    items, dropped = ctx.untrained(_eval_part("perplexity_texts", o.perplexity_texts, ctx.tokenizer))
+    if not items:
+        raise DataError(f"the perplexity suite has no text left: all {dropped} were trained on by the run.")
+    items = _capped(items, o.cap(o.perplexity_limit))
     # A text is prompt + response (chunks have an empty prompt; pairs do not).
     texts = [e.prompt + e.response for e in items]
+    res = retain_perplexity(ctx.model, ctx.tokenizer, texts, o.max_length, o.batch_size, o.progress, per_text=True)
     return {
-        "perplexity": retain_perplexity(ctx.model, ctx.tokenizer, texts, o.max_length, o.batch_size, o.progress),
+        "perplexity": res["perplexity"],
         "n": len(texts),
+        "excluded_trained": dropped,
+        # Per text, so that a comparison can put an interval on the change.
+        "per_text": {"nll": [round(v, 6) for v in res["nll"]], "tokens": res["tokens"]},
     }
 
 
@@ -374,9 +406,10 @@ def suite_normal(ctx: _Context, holder: dict, original, base_cfg) -> dict:
     o = ctx.options
     if o.normal_prompts is None:
         raise ConfigError("the normal suite needs the normal_prompts data option.")
-    prompts = _unique_prompts(_eval_part("normal_prompts", o.normal_prompts, ctx.tokenizer), o.cap(o.normal_limit))
+    normal, dropped = ctx.untrained(_eval_part("normal_prompts", o.normal_prompts, ctx.tokenizer))
+    prompts = _unique_prompts(normal, o.cap(o.normal_limit))
     if not prompts:
-        raise DataError("normal_prompts gave no prompt.")
+        raise DataError("normal_prompts gave no prompt" + (f" the run did not train on ({dropped} dropped)." if dropped else "."))
     responses = ctx.generate(prompts, "normal")
     if holder.get("owned"):
         holder.pop("model", None)
@@ -387,7 +420,7 @@ def suite_normal(ctx: _Context, holder: dict, original, base_cfg) -> dict:
     orig_model, orig_tok, orig_owned, orig_desc = load_for_eval(original, base_cfg)
     try:
         original_responses = ctx.generate(prompts, "normal/original", orig_model, orig_tok)
-        res: dict[str, Any] = {"n": len(prompts)}
+        res: dict[str, Any] = {"n": len(prompts), "excluded_trained": dropped}
         sim = similarity_to_original(original_responses, responses)
         res["similarity_cosine"] = sim["cosine"]
         res["similarity_rouge_l"] = sim["rouge_l"]
@@ -408,6 +441,23 @@ def suite_normal(ctx: _Context, holder: dict, original, base_cfg) -> dict:
             del orig_model
 
 
+def _trained_content(run_config, trained_on, tokenizer):
+    """The TrainedContent of a run config and any further runs (configs or folders), or None."""
+    from unlearnkit.evaluation.exclusion import TrainedContent
+
+    sources = ([run_config] if run_config is not None else []) + list(trained_on or [])
+    content = None
+    for src in sources:
+        if isinstance(src, (str, Path)):
+            part = TrainedContent.from_folder(src)
+            if part is None:
+                raise DataError(f"{src} keeps no trained sets (data/forget.jsonl ...); pass the run's config instead.")
+        else:
+            part = TrainedContent.from_run(src, tokenizer)
+        content = part if content is None else content.merge(part)
+    return content
+
+
 def run_eval(
     model,
     suites: list[str] | None = None,
@@ -415,6 +465,7 @@ def run_eval(
     *,
     original=None,
     run_config=None,
+    trained_on: list | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``suites`` and return the result (what ``eval.json`` holds).
 
@@ -422,6 +473,13 @@ def run_eval(
     tokenizer)`` pair. ``original`` is needed by the ``normal`` suite.
     ``run_config``: a :class:`~unlearnkit.config.RunConfig` whose held-out data
     and template the evaluation should use (see :func:`options_for_run`).
+    ``trained_on``: further run configs or run folders whose training data the
+    model has seen (the earlier stages of an experiment). Every held-out and
+    evaluation set loses the items that ``run_config`` or ``trained_on`` trained
+    on (by normalised prompt, question or response; raw texts by a shared
+    13-word span), and each set reports how many it dropped
+    (``excluded_trained``); without either, everything is scored and the result
+    says so (``trained_exclusion.applied`` false).
     ``suites``: default :func:`default_suites`. The result holds ``results``
     (nested, per suite), ``metrics`` (flat dotted names, for ``compare``),
     ``seconds`` per suite, the options and the judges used.
@@ -446,7 +504,8 @@ def run_eval(
     t_start = time.time()
     lm, tokenizer, owned, model_desc = load_for_eval(model, base_cfg)
     template = resolve_template(options.template, tokenizer)
-    ctx = _Context(lm, tokenizer, options, template)
+    trained = _trained_content(run_config, trained_on, tokenizer)
+    ctx = _Context(lm, tokenizer, options, template, trained)
     holder = {"model": lm, "owned": owned}
     del lm  # the holder is the one reference, so the normal suite can release it
 
@@ -492,6 +551,13 @@ def run_eval(
         "suites": suites,
         "template": template,
         "judges": judge_info,
+        "trained_exclusion": {
+            "applied": trained is not None,
+            "sources": trained.sources if trained is not None else [],
+            "note": ("items the model was trained on are dropped from every held-out set (see excluded_trained)"
+                     if trained is not None else
+                     "no training data known (a model unlearnkit did not train, or no run config given): every item scored"),
+        },
         "results": results,
         "metrics": flatten_metrics(results),
         "seconds": seconds,
