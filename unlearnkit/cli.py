@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--set", dest="overrides", action="append", default=[], metavar="OPTION=VALUE",
                     help="a data option, e.g. --set subset=safe, --set mode=pairs")
     pv.set_defaults(func=cmd_data_preview)
+    from unlearnkit.data.commands import add_overlap_command
+
+    add_overlap_command(dsub)
 
     p = sub.add_parser("config", help="validate configs")
     csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
