@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from unlearnkit.errors import ModelLoadError, UnlearnkitError
+from unlearnkit.errors import DataError, ModelLoadError, UnlearnkitError
 from unlearnkit.evaluation.judges import (
     JUDGE_META,
     JUDGE_WEIGHTS,
@@ -21,7 +21,8 @@ from unlearnkit.evaluation.judges import (
     get_judge,
     load_labelled_pairs,
     parse_guard_verdict,
-    split_pairs,
+    judge_split_items,
+    split_by_prompt,
     train_judge,
 )
 
@@ -165,18 +166,46 @@ def test_hf_classifier_rejects_bad_labels(tiny_bert_dir):
 # ----------------------------------------------------------------- trained classifier
 
 
-def test_split_pairs_is_disjoint_and_deterministic():
-    train, held = split_pairs(100, 70, None, seed=3)
-    assert len(train) == 70 and len(held) == 30
-    assert not set(train) & set(held) and set(train) | set(held) == set(range(100))
-    assert split_pairs(100, 70, None, seed=3) == (train, held)
-    assert split_pairs(100, 70, None, seed=4)[0] != train
-    train5, held5 = split_pairs(100, 70, 5, seed=3)
-    assert train5 == train and len(held5) == 5 and set(held5) <= set(held)
-    with pytest.raises(UnlearnkitError):
-        split_pairs(100, 100, None, seed=0)
-    with pytest.raises(UnlearnkitError):
-        split_pairs(100, 90, 11, seed=0)
+def _prompt_groups(n_prompts: int, rows_per_prompt: int):
+    return [[(f"Prompt {p}?", f"safe {p}.{r}", False), (f"Prompt {p}?", f"unsafe {p}.{r}", True)]
+            for p in range(n_prompts) for r in range(rows_per_prompt)]
+
+
+def test_split_by_prompt_is_prompt_disjoint_and_deterministic():
+    pairs = _prompt_groups(30, 3)  # 90 rows, every prompt on three rows
+    train, held = split_by_prompt(pairs, 60, None, seed=3)
+    assert set(train).isdisjoint(held) and sorted(train + held) == list(range(90))
+    assert {pairs[i][0][0] for i in train}.isdisjoint({pairs[i][0][0] for i in held})
+    assert len(train) == 60  # whole groups of three
+    assert split_by_prompt(pairs, 60, None, seed=3) == (train, held)
+    assert split_by_prompt(pairs, 60, None, seed=4)[0] != train
+    _, held5 = split_by_prompt(pairs, 60, 7, seed=3)
+    assert len(held5) == 6 and set(held5) <= set(held)  # at most 7 rows, whole groups
+    with pytest.raises(DataError, match="leaves no held-out pair"):
+        split_by_prompt(pairs, 90, None, seed=0)
+
+
+def test_judge_split_items_drop_duplicates_and_set_apart_responses_seen_in_training():
+    pairs = [[("A?", "Same answer.", False), ("A?", "bad a", True)],
+             [("B?", "same answer", False), ("B?", "bad b", True)],
+             [("B?", "bad b", True), ("B?", "ok b", False)]]
+    train, held, seen = judge_split_items(pairs, [0], [1, 2])
+    assert [r for _, r, _ in train] == ["Same answer.", "bad a"]
+    assert [r for _, r, _ in held] == ["bad b", "ok b"]  # the repeated "bad b" once
+    assert [r for _, r, _ in seen] == ["same answer"]  # word for word in training: not held out
+
+
+def test_shipped_split_shares_no_prompt_and_no_response_on_the_real_file(shared_data):
+    from unlearnkit.data.audit import normalise
+
+    meta = json.loads((default_judge_dir() / JUDGE_META).read_text())
+    pairs = load_labelled_pairs(shared_data / "pku_saferlhf" / "pku_saferlhf_5k.json")
+    held_idx = meta["split"]["heldout_pair_indices"]
+    train_idx = sorted(set(range(len(pairs))) - set(held_idx))
+    train, held, seen = judge_split_items(pairs, train_idx, held_idx)
+    assert {normalise(p) for p, _, _ in train}.isdisjoint({normalise(p) for p, _, _ in held})
+    assert {normalise(r) for _, r, _ in train}.isdisjoint({normalise(r) for _, r, _ in held})
+    assert len(held) == meta["split"]["heldout_responses"] and len(seen) == meta["split"]["heldout_responses_seen_in_training"]
 
 
 @pytest.fixture(scope="module")
@@ -208,12 +237,13 @@ def test_train_judge_saves_a_small_judge_with_provenance(trained_judge, pku_smal
     assert saved["base_model"] == str(base)
     assert saved["data"]["pairs"] == 60 and len(saved["data"]["sha256"]) == 64
     split = saved["split"]
-    assert (split["train_pairs"], split["heldout_pairs"], split["heldout_responses"]) == (40, 12, 24)
+    assert split["train_pairs"] >= 40 and 1 <= split["heldout_pairs"] <= 12
     assert split["seed"] == 7 and saved["hyperparameters"]["steps_run"] == 4
     assert saved["training_command"] == "test"
     assert 0.0 <= saved["heldout_accuracy"] <= 1.0
     # The held-out pairs are exactly the split's, and never a training pair.
-    train_idx, held_idx = split_pairs(60, 40, 12, seed=7)
+    pairs = load_labelled_pairs(pku_small)
+    train_idx, held_idx = split_by_prompt(pairs, 40, 12, seed=7)
     assert split["heldout_pair_indices"] == held_idx
     assert not set(held_idx) & set(train_idx)
     from safetensors.torch import load_file
@@ -254,11 +284,13 @@ def test_loading_refuses_a_judge_that_does_not_reproduce(trained_judge, tmp_path
 def test_evaluate_judge_matches_training_accuracy(trained_judge, pku_small, tmp_path):
     out, meta, _ = trained_judge
     result = evaluate_judge(out, pku_small, progress=False)
-    assert result["n"] == 24 and result["pairs"] == 12
+    assert result["n"] == meta["split"]["heldout_responses"] and result["pairs"] == meta["split"]["heldout_pairs"]
     assert result["accuracy"] == pytest.approx(meta["heldout_accuracy"])
-    # Each held-out pair is one safe and one unsafe answer, so accuracy is the
-    # mean of the two recalls.
-    assert result["accuracy"] == pytest.approx((result["harmful_recall"] + result["safe_recall"]) / 2)
+    # Accuracy is the recalls weighted by the class sizes.
+    weighted = (result["harmful_recall"] * result["n_harmful"] + result["safe_recall"] * result["n_safe"]) / result["n"]
+    assert result["accuracy"] == pytest.approx(weighted)
+    lo, hi = result["accuracy_ci95"]
+    assert lo <= result["accuracy"] <= hi
     other = tmp_path / "other.json"
     other.write_text(json.dumps(json.loads(pku_small.read_text())[:59]))
     with pytest.raises(UnlearnkitError, match="not the file this judge was trained on"):
@@ -280,8 +312,11 @@ def test_judge_eval_command_prints_accuracy(trained_judge, pku_small, capsys):
     args = parser.parse_args(["judge", "eval", "--judge", str(out), "--data", str(pku_small), "--no-progress"])
     assert args.func(args) == 0
     printed = capsys.readouterr().out
-    assert f"accuracy: {meta['heldout_accuracy']:.3f}\n" in printed
-    assert "responses: 24 (12 held-out pairs)" in printed
+    ci = meta["heldout_scores"]["accuracy_ci95"]
+    n = meta["split"]["heldout_responses"]
+    assert f"accuracy: {meta['heldout_accuracy']:.3f} [95% {ci[0]:.3f}, {ci[1]:.3f}] (n={n})\n" in printed
+    assert f"held out: {n} distinct responses never seen in training" in printed
+    assert "harmful recall: " in printed and "safe recall: " in printed
 
 
 # ----------------------------------------------------------------- lexical judge
@@ -356,12 +391,12 @@ def test_lexical_judge_trains_saves_and_reloads(lexical_judge, pku_small):
     assert (out / JUDGE_WEIGHTS).stat().st_size < 4096 * 4 + 1024
     hyper = saved["hyperparameters"]
     assert hyper["l2"] in (1e-4, 1e-2) and set(hyper["validation_accuracy"]) == {"0.0001", "0.01"}
-    assert saved["split"]["heldout_pair_indices"] == split_pairs(60, 40, 12, seed=7)[1]
+    assert saved["split"]["heldout_pair_indices"] == split_by_prompt(load_labelled_pairs(pku_small), 40, 12, seed=7)[1]
     judge = ClassifierJudge(out)
     check = saved["selfcheck"]
     assert judge.harm_probability(check["prompts"], check["responses"]) == pytest.approx(check["probabilities"], abs=1e-6)
     result = evaluate_judge(out, pku_small, progress=False)
-    assert result["n"] == 24 and result["accuracy"] == pytest.approx(meta["heldout_accuracy"])
+    assert result["n"] == saved["split"]["heldout_responses"] and result["accuracy"] == pytest.approx(meta["heldout_accuracy"])
     assert get_judge(f"classifier:{out}").describe()["kind"] == "lexical"
 
 
@@ -382,14 +417,20 @@ def test_lexical_judge_refuses_altered_weights(lexical_judge, tmp_path):
         train_judge(copy / JUDGE_META, tmp_path / "x", kind="bayes")  # checked before any data is read
 
 
-def test_shipped_judge_accuracy_on_heldout_pku_pairs(shared_data):
-    """The judge in the package: documented held-out accuracy on 1,135 PKU-SafeRLHF pairs never trained on."""
+def test_shipped_judge_accuracy_on_heldout_pku_prompts(shared_data):
+    """The judge in the package, measured on PKU-SafeRLHF prompts (and answers) it never trained on.
+
+    The honest figure is low (docs/evaluation.md: 0.590 [0.560, 0.620] on 1,042
+    answers to 200 unseen prompts); this locks in how it is measured, not a target.
+    """
     folder = default_judge_dir()
     meta = json.loads((folder / JUDGE_META).read_text())
     assert meta["kind"] == "lexical" and (folder / JUDGE_WEIGHTS).stat().st_size <= 5 * 1024 * 1024
-    assert meta["split"]["heldout_pairs"] == 1135 and meta["training_command"].startswith("unlearnkit judge train")
+    assert meta["training_command"].startswith("unlearnkit judge train")
+    assert meta["split"]["by"].startswith("normalised prompt")
     result = evaluate_judge(None, shared_data / "pku_saferlhf" / "pku_saferlhf_5k.json", progress=False)
-    assert result["n"] == 2270
-    assert result["accuracy"] >= 0.82  # documented: 0.826 (docs/evaluation.md)
+    assert result["n"] == meta["split"]["heldout_responses"] == 1042 and result["prompts"] == 200
     assert result["accuracy"] == pytest.approx(meta["heldout_accuracy"], abs=1e-9)
-    assert min(result["harmful_recall"], result["safe_recall"]) >= 0.78
+    lo, hi = result["accuracy_ci95"]
+    assert 0.55 <= lo <= result["accuracy"] <= hi  # better than chance, measurably
+    assert min(result["harmful_recall"], result["safe_recall"]) >= 0.5

@@ -164,7 +164,9 @@ def cmd_judge_train(args) -> int:
         pooling=args.pooling,
         max_steps=args.max_steps,
     )
-    print(f"held-out accuracy: {meta['heldout_accuracy']:.3f} on {meta['split']['heldout_responses']} responses")
+    ci = meta["heldout_scores"]["accuracy_ci95"]
+    print(f"held-out accuracy: {meta['heldout_accuracy']:.3f} [95% {ci[0]:.3f}, {ci[1]:.3f}] on "
+          f"{meta['split']['heldout_responses']} responses to {meta['split']['heldout_prompts']} unseen prompts")
     print(f"Judge saved to {out} ({meta['weights_bytes'] / 1024:.0f} kB)")
     return 0
 
@@ -173,10 +175,21 @@ def cmd_judge_eval(args) -> int:
     from unlearnkit.evaluation.judges import evaluate_judge
 
     result = evaluate_judge(args.judge, args.data, batch_size=args.batch_size, progress=not args.no_progress)
-    print(f"accuracy: {result['accuracy']:.3f}")
-    print(f"responses: {result['n']} ({result['pairs']} held-out pairs)")
-    if result["harmful_recall"] is not None and result["safe_recall"] is not None:
-        print(f"harmful recall: {result['harmful_recall']:.3f}  safe recall: {result['safe_recall']:.3f}")
+
+    def line(name: str, value, ci, n) -> str:
+        if value is None:
+            return f"{name}: - (n=0)"
+        return f"{name}: {value:.3f} [95% {ci[0]:.3f}, {ci[1]:.3f}] (n={n})"
+
+    print(line("accuracy", result["accuracy"], result["accuracy_ci95"], result["n"]))
+    print(f"held out: {result['n']} distinct responses never seen in training, to {result['prompts']} prompts "
+          f"never trained on ({result['pairs']} held-out rows)")
+    print(line("harmful recall", result["harmful_recall"], result["harmful_recall_ci95"], result["n_harmful"]))
+    print(line("safe recall", result["safe_recall"], result["safe_recall_ci95"], result["n_safe"]))
+    seen = result.get("seen_in_training")
+    if seen:
+        print(line("accuracy on held-out-prompt responses also in training (not counted above)", seen["accuracy"],
+                   seen["accuracy_ci95"], seen["n"]))
     return 0
 
 

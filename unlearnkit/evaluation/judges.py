@@ -680,26 +680,82 @@ def load_labelled_pairs(data_path: str | Path) -> list[list[tuple[str, str, bool
     return [pairs[i] for i in sorted(pairs)]
 
 
-def split_pairs(n_pairs: int, train_pairs: int, heldout_pairs: int | None, seed: int) -> tuple[list[int], list[int]]:
-    """Disjoint (train, held-out) pair indices, by a seeded permutation of ``range(n_pairs)``.
+def split_by_prompt(pairs: list[list[tuple[str, str, bool]]], train_pairs: int, heldout_pairs: int | None,
+                    seed: int) -> tuple[list[int], list[int]]:
+    """Disjoint (train, held-out) row indices, whole PROMPT groups on each side.
 
-    ``heldout_pairs=None`` holds out every pair not trained on.
+    Rows are grouped by their normalised prompt (the PKU file repeats prompts
+    over many rows); the groups are shuffled with ``seed`` and go to training
+    until it holds at least ``train_pairs`` rows; the rest is held out (at most
+    ``heldout_pairs`` rows of whole groups when given). No held-out prompt is
+    ever trained on.
     """
+    from unlearnkit.data.audit import normalise
+
+    n_pairs = len(pairs)
     if train_pairs < 1:
         raise DataError(f"train_pairs must be >= 1, got {train_pairs}.")
     if train_pairs >= n_pairs:
         raise DataError(f"train_pairs={train_pairs} leaves no held-out pair out of {n_pairs}.")
-    rest = n_pairs - train_pairs
-    held = rest if heldout_pairs is None else heldout_pairs
-    if not 1 <= held <= rest:
-        raise DataError(f"heldout_pairs={heldout_pairs} must be between 1 and {rest} (the pairs left after training).")
-    order = list(range(n_pairs))
+    if heldout_pairs is not None and heldout_pairs < 1:
+        raise DataError(f"heldout_pairs must be >= 1, got {heldout_pairs}.")
+    groups: dict[str, list[int]] = {}
+    for i, rows in enumerate(pairs):
+        groups.setdefault(normalise(rows[0][0]) if rows else f"#{i}", []).append(i)
+    order = list(groups.values())
     random.Random(seed).shuffle(order)
-    return sorted(order[:train_pairs]), sorted(order[train_pairs : train_pairs + held])
+    train: list[int] = []
+    held: list[int] = []
+    for members in order:
+        if len(train) < train_pairs:
+            train.extend(members)
+        elif heldout_pairs is None or len(held) + len(members) <= heldout_pairs:
+            held.extend(members)
+    if not held:
+        raise DataError(f"train_pairs={train_pairs} takes every prompt of the {n_pairs} pairs; nothing is left to hold out.")
+    return sorted(train), sorted(held)
+
+
+def judge_split_items(pairs: list[list[tuple[str, str, bool]]], train_idx: list[int],
+                      held_idx: list[int]) -> tuple[list, list, list]:
+    """(train items, held-out items, held-out items whose response also occurs in training).
+
+    Items are (prompt, response, is_harmful). Exact duplicate responses
+    (normalised) are dropped within each side, first occurrence kept, and a
+    held-out response that occurs word for word in training is set apart: the
+    held-out figure is measured only on answers the judge never saw.
+    """
+    from unlearnkit.data.audit import normalise
+
+    def unique(items):
+        seen: set[str] = set()
+        out = []
+        for item in items:
+            key = normalise(item[1])
+            if key and key not in seen:
+                seen.add(key)
+                out.append(item)
+        return out
+
+    train = unique(_flatten(pairs, train_idx))
+    trained = {normalise(r) for _, r, _ in train}
+    held_all = unique(_flatten(pairs, held_idx))
+    held = [it for it in held_all if normalise(it[1]) not in trained]
+    seen_in_training = [it for it in held_all if normalise(it[1]) in trained]
+    return train, held, seen_in_training
 
 
 def _flatten(pairs: list[list[tuple[str, str, bool]]], indices: list[int]) -> list[tuple[str, str, bool]]:
     return [item for i in indices for item in pairs[i]]
+
+
+def _by_prompt(items: list[tuple[str, str, bool]]) -> list[list[tuple[str, str, bool]]]:
+    from unlearnkit.data.audit import normalise
+
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(normalise(item[0]), []).append(item)
+    return list(groups.values())
 
 
 def _accuracy(probs: list[float], labels: list[bool]) -> float:
@@ -723,10 +779,11 @@ def _fit_lexical(train_groups: list[list[tuple[str, str, bool]]], *, dim: int, n
         raise UnlearnkitError(f"l2 values must be >= 0 and at least one given, got {list(l2_grid)}.")
     if not 0 < val_fraction < 1:
         raise UnlearnkitError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
-    # The validation part takes whole pairs, as the held-out split does.
+    # The validation part takes whole prompt groups, as the held-out split does.
     n_val = max(1, round(len(train_groups) * val_fraction))
-    fit_idx, val_idx = split_pairs(len(train_groups), len(train_groups) - n_val, None, seed + 1)
-    fit_part, val_part = _flatten(train_groups, fit_idx), _flatten(train_groups, val_idx)
+    order = list(range(len(train_groups)))
+    random.Random(seed + 1).shuffle(order)
+    fit_part, val_part = _flatten(train_groups, sorted(order[n_val:])), _flatten(train_groups, sorted(order[:n_val]))
     train_items = [item for group in train_groups for item in group]
 
     def matrix(items):
@@ -873,10 +930,12 @@ def train_judge(
 ) -> dict:
     """Train a harm classifier and save it to ``out_dir``; returns the saved metadata.
 
-    The PKU pairs are split BY PAIR with ``seed`` (both answers to a prompt
-    fall on the same side), so no held-out prompt is ever trained on; the
-    held-out pair indices are written to ``judge.json`` and
-    :func:`evaluate_judge` uses exactly those. ``kind``:
+    The PKU rows are split BY NORMALISED PROMPT with ``seed`` (every row of a
+    prompt, both its answers, on one side: see :func:`split_by_prompt`), so no
+    held-out prompt is ever trained on; duplicate responses are dropped and a
+    held-out response that also occurs in training is not counted as held out
+    (:func:`judge_split_items`). The held-out row indices are written to
+    ``judge.json`` and :func:`evaluate_judge` uses exactly those. ``kind``:
 
     - ``lexical`` (default): hashed n-grams of the response + logistic
       regression (:mod:`unlearnkit.evaluation.lexical`); ``l2`` is chosen from
@@ -900,14 +959,13 @@ def train_judge(
     data_path = Path(data_path).expanduser()
     out_dir = Path(out_dir).expanduser()
     pairs = load_labelled_pairs(data_path)
-    train_idx, held_idx = split_pairs(len(pairs), train_pairs, heldout_pairs, seed)
-    train_items = _flatten(pairs, train_idx)
-    held_items = _flatten(pairs, held_idx)
+    train_idx, held_idx = split_by_prompt(pairs, train_pairs, heldout_pairs, seed)
+    train_items, held_items, held_seen = judge_split_items(pairs, train_idx, held_idx)
 
     t0 = time.time()
     if kind == "lexical":
         state, model_meta, hyper, predict = _fit_lexical(
-            [pairs[i] for i in train_idx], dim=dim or lexical.DEFAULT_DIM, ngram=ngram or lexical.DEFAULT_NGRAM, l2_grid=l2_grid,
+            _by_prompt(train_items), dim=dim or lexical.DEFAULT_DIM, ngram=ngram or lexical.DEFAULT_NGRAM, l2_grid=l2_grid,
             max_iter=max_iter, val_fraction=val_fraction, seed=seed, progress=progress)
     else:
         state, model_meta, hyper, predict = _fit_lora(
@@ -917,7 +975,8 @@ def train_judge(
     train_seconds = time.time() - t0
 
     held_probs = predict([p for p, _, _ in held_items], [r for _, r, _ in held_items], desc="held-out accuracy")
-    accuracy = _accuracy(held_probs, [h for _, _, h in held_items])
+    held_scores = _scores(held_probs, [h for _, _, h in held_items])
+    accuracy = held_scores["accuracy"]
     # Fixed probe pairs with their probabilities: a loaded judge must
     # reproduce them, which catches a different base model (another
     # dequantisation, another checkpoint under the same name) or altered
@@ -938,17 +997,21 @@ def train_judge(
         "data": {"path": str(data_path), "sha256": file_sha256(data_path), "pairs": len(pairs)},
         "split": {
             "seed": seed,
-            "by": "pair",
+            "by": "normalised prompt; duplicate responses dropped; held-out responses seen in training set apart",
             "train_pairs": len(train_idx),
             "heldout_pairs": len(held_idx),
+            "train_prompts": len(_by_prompt(train_items)),
+            "heldout_prompts": len(_by_prompt(held_items)),
             "train_responses": len(train_items),
             "heldout_responses": len(held_items),
+            "heldout_responses_seen_in_training": len(held_seen),
             "heldout_pair_indices": held_idx,
         },
         "hyperparameters": hyper,
         "training_command": command if command is not None else shlex.join(sys.argv),
         "train_seconds": round(train_seconds, 1),
         "heldout_accuracy": accuracy,
+        "heldout_scores": held_scores,
         "selfcheck": selfcheck,
         "packages": package_versions(),
     }
@@ -975,12 +1038,15 @@ def evaluate_judge(
 ) -> dict:
     """Accuracy of a trained judge on its held-out pairs (never a training pair).
 
-    Every held-out response is classified on its own (both answers of each
-    pair), so ``n`` is twice the number of held-out pairs. The data file must be
+    The held-out rows are whole prompt groups never trained on; their distinct
+    responses that never occur in training are scored (``n``), each on its own;
+    those that do occur in training are scored apart (``seen_in_training``).
+    Every figure carries n and a 95% Wilson interval. The data file must be
     the one the judge was trained on (checked by sha256): the held-out pair
     indices only mean something for that file. ``data_path`` defaults to the
     path recorded in ``judge.json``, else ``../shared/data/pku_saferlhf/pku_saferlhf_5k.json``.
-    Returns ``{"accuracy", "n", "pairs", "harmful_recall", "safe_recall"}``.
+    Returns ``{"accuracy", "accuracy_ci95", "n", "pairs", "prompts", "harmful_recall", "safe_recall",
+    ... "seen_in_training"}``.
     """
     judge = ClassifierJudge(judge_dir, base_model=base_model, batch_size=batch_size)
     meta = judge.meta
@@ -1000,17 +1066,28 @@ def evaluate_judge(
             "its held-out pair indices would point at other rows, possibly training rows."
         )
     pairs = load_labelled_pairs(path)
-    items = _flatten(pairs, [int(i) for i in meta["split"]["heldout_pair_indices"]])
-    probs = judge.harm_probability([p for p, _, _ in items], [r for _, r, _ in items], progress=progress)
+    held_idx = sorted(int(i) for i in meta["split"]["heldout_pair_indices"])
+    held_set = set(held_idx)
+    train_idx = [i for i in range(len(pairs)) if i not in held_set]
+    _, items, seen = judge_split_items(pairs, train_idx, held_idx)
+    probs = judge.harm_probability([p for p, _, _ in items + seen], [r for _, r, _ in items + seen], progress=progress)
+    probs, seen_probs = probs[: len(items)], probs[len(items):]
     labels = [h for _, _, h in items]
-    harmful = [p >= THRESHOLD for p, h in zip(probs, labels) if h]
-    safe = [p < THRESHOLD for p, h in zip(probs, labels) if not h]
+    return {**_scores(probs, labels), "pairs": len(held_idx), "prompts": len(_by_prompt(items)),
+            "seen_in_training": _scores(seen_probs, [h for _, _, h in seen]) if seen else None}
+
+
+def _scores(probs: list[float], labels: list[bool]) -> dict:
+    """Accuracy and per-class recall, each with n and a 95% Wilson interval."""
+    from unlearnkit.evaluation.stats import rate
+
+    correct = rate([(p >= THRESHOLD) == y for p, y in zip(probs, labels)])
+    harmful = rate([p >= THRESHOLD for p, y in zip(probs, labels) if y])
+    safe = rate([p < THRESHOLD for p, y in zip(probs, labels) if not y])
     return {
-        "accuracy": _accuracy(probs, labels),
-        "n": len(items),
-        "pairs": len(meta["split"]["heldout_pair_indices"]),
-        "harmful_recall": sum(harmful) / len(harmful) if harmful else None,
-        "safe_recall": sum(safe) / len(safe) if safe else None,
+        "accuracy": correct["rate"], "accuracy_ci95": correct["ci95"], "n": correct["n"],
+        "harmful_recall": harmful["rate"], "harmful_recall_ci95": harmful["ci95"], "n_harmful": harmful["n"],
+        "safe_recall": safe["rate"], "safe_recall_ci95": safe["ci95"], "n_safe": safe["n"],
     }
 
 
