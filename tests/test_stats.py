@@ -78,3 +78,28 @@ def test_verdict_and_formatting():
     assert verdict([0.1, 0.2]) == "increase" and verdict([-0.3, -0.1]) == "decrease"
     text = fmt_change({"change": 0.004, "ci95": [-0.012, 0.02], "verdict": "no measurable change"})
     assert text == "+0.4% [-1.2%, +2.0%] no measurable change"
+
+
+def test_reports_show_intervals_and_a_paired_perplexity_change(tmp_path):
+    import json
+
+    from unlearnkit.evaluation.report import compare, eval_markdown, flatten_intervals
+
+    def result(rate_, ci, nll):
+        return {"model": "m", "suites": ["harm", "perplexity"], "results": {
+            "harm": {"unseen": {"n": 10, "harmful_rate": {"refusal": rate_}, "harmful_rate_ci95": {"refusal": ci}}},
+            "perplexity": {"perplexity": math.exp(sum(nll) / len(nll)), "n": len(nll),
+                           "per_text": {"nll": nll, "tokens": [1] * len(nll)}}}}
+
+    before = result(0.5, list(wilson(5, 10)), [2.0, 2.0, 2.0, 2.0])
+    after = result(0.1, list(wilson(1, 10)), [2.1, 2.1, 2.1, 2.1])
+    assert flatten_intervals(before["results"]) == {"harm.unseen.harmful_rate.refusal": list(wilson(5, 10))}
+    assert "| unseen.harmful_rate.refusal | 0.500 [0.237, 0.763] |" in eval_markdown(before)
+    for name, res in (("a", before), ("b", after)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(res))
+    md, _ = compare([tmp_path / "a", tmp_path / "b"])
+    # Every text's NLL rose by 0.1: perplexity x exp(0.1), with a zero-width interval.
+    change = math.expm1(0.1)
+    assert f"| perplexity.change_vs_first (95% bootstrap) | – | {change:+.1%} [{change:+.1%}, {change:+.1%}] |" in md
+    assert "0.100 [0.018, 0.404]" in md

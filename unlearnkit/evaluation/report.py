@@ -42,6 +42,36 @@ def flatten_metrics(results: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def flatten_intervals(results: dict, prefix: str = "") -> dict[str, list[float]]:
+    """95% intervals by the dotted name of the metric they belong to.
+
+    A result keeps an interval beside its metric, as ``X_ci95`` (a ``[lo, hi]``
+    list, or a dict of them keyed like ``X``'s dict): ``harm.unseen.harmful_rate_ci95.refusal``
+    is the interval of ``harm.unseen.harmful_rate.refusal``.
+    """
+    out: dict[str, list[float]] = {}
+    for key, value in results.items():
+        if key in _NOT_METRICS:
+            continue
+        key = str(key)
+        if key.endswith("_ci95"):
+            name = f"{prefix}.{key[:-5]}" if prefix else key[:-5]
+            if isinstance(value, list) and len(value) == 2:
+                out[name] = value
+            elif isinstance(value, dict):
+                out.update({f"{name}.{k}": v for k, v in value.items() if isinstance(v, list) and len(v) == 2})
+        elif isinstance(value, dict):
+            out.update(flatten_intervals(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def _with_ci(value: Any, ci: list[float] | None) -> str:
+    text = _fmt(value)
+    if ci is None or value is None:
+        return text
+    return f"{text} [{_fmt(float(ci[0]))}, {_fmt(float(ci[1]))}]"
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
@@ -75,10 +105,15 @@ def eval_markdown(result: dict) -> str:
     if result.get("judges"):
         parts.append("Judges: " + ", ".join(f"`{k}`" for k in result["judges"]) + "  ")
     parts.append(f"Created: {result.get('created', '?')}\n")
+    exclusion = result.get("trained_exclusion")
+    if exclusion:
+        parts.append(f"Trained items: {exclusion.get('note')}  ")
+    parts.append("Rates carry a 95% Wilson interval in brackets; n is the number of items scored.\n")
     for suite, res in (result.get("results") or {}).items():
         flat = flatten_metrics(res)
+        cis = flatten_intervals(res)
         parts.append(f"## {suite}\n")
-        parts.append(markdown_table(["metric", "value"], [[k, v] for k, v in flat.items()]))
+        parts.append(markdown_table(["metric", "value"], [[k, _with_ci(v, cis.get(k))] for k, v in flat.items()]))
     samples = _collect_samples(result.get("results") or {})
     if samples:
         parts.append("## Samples\n")
@@ -142,6 +177,35 @@ def load_columns(path: str | Path) -> list[tuple[str, dict[str, float]]]:
     metrics = data.get("metrics") or flatten_metrics(data.get("results") or {})
     label = data.get("label") or (p.parent.name if p.parent.name else p.stem)
     return [(str(label), dict(metrics))]
+
+
+def load_details(path: str | Path) -> list[dict]:
+    """Per column of :func:`load_columns`: its intervals and per-text perplexity scores (empty for summaries)."""
+    p = Path(path).expanduser()
+    if p.is_dir() and (p / EVAL_JSON).is_file():
+        p = p / EVAL_JSON
+    if p.is_file() and p.name != "summary.json":
+        results = _read_json(p).get("results") or {}
+        return [{"intervals": flatten_intervals(results),
+                 "per_text": (results.get("perplexity") or {}).get("per_text")}]
+    return [{} for _ in load_columns(path)]
+
+
+def _perplexity_change_row(details: list[dict]) -> list | None:
+    """The change of retain perplexity against the FIRST column, with a paired bootstrap interval."""
+    from unlearnkit.evaluation.stats import fmt_change, relative_change
+
+    first = details[0].get("per_text")
+    if not first or len(details) < 2:
+        return None
+    row: list = ["–"]
+    for d in details[1:]:
+        other = d.get("per_text")
+        if not other or len(other["nll"]) != len(first["nll"]) or other["tokens"] != first["tokens"]:
+            row.append("–")  # not the same texts: no paired change
+            continue
+        row.append(fmt_change(relative_change(first["nll"], other["nll"], first["tokens"], exp=True)))
+    return row
 
 
 def _read_json(p: Path) -> dict:
@@ -218,8 +282,10 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, labels: 
     if not paths:
         raise UnlearnkitError("compare needs at least one eval.json or run folder.")
     cols: list[tuple[str, dict[str, float]]] = []
+    details: list[dict] = []
     for p in paths:
         cols.extend(load_columns(p))
+        details.extend(load_details(p))
     names = [c[0] for c in cols]
     if labels is not None:
         if len(labels) != len(cols):
@@ -240,7 +306,13 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, labels: 
             if e_name in effectiveness:
                 table[e_name] = effectiveness[e_name]
     rows = [{"metric": m, **dict(zip(names, vals))} for m, vals in table.items()]
-    markdown = markdown_table(["metric", *names], [[m, *vals] for m, vals in table.items()])
+    cells = [[m, *[_with_ci(v, d.get("intervals", {}).get(m)) for v, d in zip(vals, details)]]
+             for m, vals in table.items()]
+    ppl_change = _perplexity_change_row(details)
+    if ppl_change is not None:
+        cells.append(["perplexity.change_vs_first (95% bootstrap)", *ppl_change])
+    markdown = markdown_table(["metric", *names], cells)
+    markdown += "\nRates: value [95% Wilson interval]; a change whose interval includes 0 is no measurable change.\n"
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_text(out / "compare.md", markdown)
