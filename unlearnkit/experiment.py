@@ -545,7 +545,7 @@ def _training_summary(stage: ResolvedStage) -> dict | None:
 def write_experiment_report(exp: Experiment, actions: dict[str, str] | None = None) -> dict:
     """``report.md`` + ``report.json`` in the experiment folder: the paper's table, and
     ``compare.md/json/png`` with every metric side by side (:func:`~unlearnkit.evaluation.report.compare`)."""
-    from unlearnkit.evaluation.report import compare, markdown_table
+    from unlearnkit.evaluation.report import compare, load_details, markdown_table, perplexity_change_row
     from unlearnkit.rundir import atomic_write_json, atomic_write_text
 
     rows_spec = exp.report_rows()
@@ -568,7 +568,17 @@ def write_experiment_report(exp: Experiment, actions: dict[str, str] | None = No
     columns = [c for _, c in REPORT_COLUMNS]
     # Drop columns no row measured (e.g. no normal suite asked for).
     columns = [c for c in columns if any(r["values"][c] is not None for r in rows)]
-    table = markdown_table(["Model", *columns], [[r["label"], *[r["values"][c] for c in columns]] for r in rows])
+    cells = [[r["label"], *[r["values"][c] for c in columns]] for r in rows]
+    # The retain perplexity change of each row against the first (the original), with a
+    # paired bootstrap interval over the same held-out texts.
+    details = [d for _, s in rows_spec for d in load_details(s.folder / "eval.json")]
+    change = perplexity_change_row(details)
+    header = ["Model", *columns]
+    if change is not None and any(c != "–" for c in change[1:]):
+        header.append(f"Retain perplexity change vs {rows[0]['label']} (95% interval)")
+        for row, c in zip(cells, change):
+            row.append(c)
+    table = markdown_table(header, cells)
     compare(
         [s.folder / "eval.json" for _, s in rows_spec], out_dir=exp.folder, labels=[label for label, _ in rows_spec]
     )

@@ -191,7 +191,7 @@ def load_details(path: str | Path) -> list[dict]:
     return [{} for _ in load_columns(path)]
 
 
-def _perplexity_change_row(details: list[dict]) -> list | None:
+def perplexity_change_row(details: list[dict]) -> list | None:
     """The change of retain perplexity against the FIRST column, with a paired bootstrap interval."""
     from unlearnkit.evaluation.stats import fmt_change, relative_change
 
@@ -308,7 +308,7 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, labels: 
     rows = [{"metric": m, **dict(zip(names, vals))} for m, vals in table.items()]
     cells = [[m, *[_with_ci(v, d.get("intervals", {}).get(m)) for v, d in zip(vals, details)]]
              for m, vals in table.items()]
-    ppl_change = _perplexity_change_row(details)
+    ppl_change = perplexity_change_row(details)
     if ppl_change is not None:
         cells.append(["perplexity.change_vs_first (95% bootstrap)", *ppl_change])
     markdown = markdown_table(["metric", *names], cells)
