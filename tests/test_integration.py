@@ -21,7 +21,13 @@ def run_shipped(config: str, tmp_path, monkeypatch) -> dict:
     monkeypatch.chdir(ROOT)  # the shipped configs name ../shared/data relative to the project
     cfg = load_config(ROOT / "configs" / config, [f"output_dir={tmp_path}"])
     summary = run_unlearning(cfg)
+    manifest = json.loads((cfg.run_dir / "manifest.json").read_text())
     print(json.dumps({k: summary[k] for k in ("status", "reason", "steps", "train_seconds", "eval_change")}, indent=2))
+    print(json.dumps({"data": manifest["data"], "overlap_audit_total": manifest["overlap_audit"]["total"]}, indent=2))
+    # Content-disjoint splits: no held-out set shares a prompt or response with a trained one.
+    assert manifest["overlap_audit"]["total"] == 0
+    for name, c in summary["eval_change"].items():
+        assert c["nll_change_ci95"][0] <= c["nll_change"] <= c["nll_change_ci95"][1], name
     return summary
 
 
