@@ -23,6 +23,7 @@ from unlearnkit.data.recipes import (
     pku_saferlhf,
     prompts,
     text_recipe,
+    tofu,
     truthfulqa,
     truthfulqa_mc,
 )
@@ -51,6 +52,9 @@ class DataSourceConfig(BaseModel):
     column: str | None = None  # prompts
     prompt_field: str = "prompt"  # generic
     response_field: str = "response"  # generic
+    # tofu: what each example is; "answer" (question, answer), "paraphrased_answer",
+    # "paraphrased_question" or "perturbed_answer" (one example per wrong answer).
+    tofu_field: Literal["answer", "paraphrased_answer", "paraphrased_question", "perturbed_answer"] = "answer"
     hub_config: str | None = None
     hub_split: str = "train"
     limit: int | None = Field(None, ge=1)  # first N after shuffling with seed (or as-is when shuffle=False)
@@ -107,7 +111,8 @@ def detect_recipe(rows: list[dict], location: str) -> str:
     """The recipe a file's schema implies, or a DataError asking for RECIPE:PATH.
 
     Beyond the listed data sets, a file with text ``prompt`` and ``response``
-    fields is the user's own pairs (``generic``).
+    fields is the user's own pairs (``generic``), and one with ``question`` and
+    ``answer`` but no TruthfulQA column is read as TOFU (``tofu``).
     """
     if Path(location).suffix.lower() == ".txt":
         return "text"
@@ -124,6 +129,8 @@ def detect_recipe(rows: list[dict], location: str) -> str:
         return "truthfulqa_mc"
     if {"Question", "Best Answer"} <= keys or {"question", "best_answer"} <= keys:
         return "truthfulqa"
+    if {"question", "answer"} <= keys and not keys & {"Best Answer", "best_answer", "Correct Answers", "correct_answers"}:
+        return "tofu"
     if keys & {"goal", "forbidden_prompt", "Behavior"}:
         return "prompts"
     if "prompt" in keys and "response" not in keys:
@@ -167,6 +174,8 @@ def load_examples(cfg: DataSourceConfig, tokenizer=None) -> Items:
         items = prompts(rows, cfg.column, source=location)
     elif recipe == "generic":
         items = generic(rows, cfg.prompt_field, cfg.response_field, source=location)
+    elif recipe == "tofu":
+        items = tofu(rows, cfg.tofu_field, source=location)
     else:  # RECIPES and this dispatch must list the same names
         raise DataError(f"recipe {recipe!r} is registered but has no loader; known: {', '.join(RECIPES)}.")
     if not items:
