@@ -799,6 +799,7 @@ def main(argv=None) -> int:
             "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]) if argv is None else " ".join(argv),
             "settings": base,
+            "cases": {c: CASE_TEXT[c] for c in cases},
             "machine": machine(),
             "wall_seconds": round(time.time() - started, 1),
             "results": results,
