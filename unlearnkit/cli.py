@@ -198,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     except UnlearnkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; a run can be continued with --resume from its last checkpoint.", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # A command that knows what it kept says so; no other promise is made.
+        print(getattr(exc, "message", None) or "interrupted.", file=sys.stderr)
         return 130
 
 
