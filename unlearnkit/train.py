@@ -249,11 +249,10 @@ class Trainer:
         if self.resume:
             if not final.exists():
                 # A fresh run killed after a checkpoint left its temporary folder: continue that one.
-                candidates = [p for p in leftovers(final) if TMP_TAG in p.name and _checkpoints_of(p)]
-                if not candidates:
+                self.adopt = resumable_leftover(final)
+                if self.adopt is None:
                     raise TrainingError(f"--resume: there is no run folder {final} to resume (and no checkpoint of an "
                                         "interrupted run beside it); start the run without --resume.")
-                self.adopt = max(candidates, key=lambda p: _checkpoints_of(p)[-1].name)
                 self.run_dir = self.adopt
             marker = read_marker(self.run_dir)
             legacy = (self.run_dir / "config.yaml").is_file() and (self.run_dir / "manifest.json").is_file()
@@ -854,6 +853,12 @@ def read_checkpoint_states(ckpt: Path) -> tuple[dict, dict, dict]:
             raise TrainingError(f"--resume: {ckpt / 'rng.pt'} does not hold the random state of a checkpoint.")
         rng = {"torch": legacy["torch"], "python": tuple(legacy["python"]), "cuda": [], "numpy": None}
     return optimizer_state, scheduler_state, rng
+
+
+def resumable_leftover(run_dir: Path) -> Path | None:
+    """The temporary folder of a killed fresh run of ``run_dir`` that holds a checkpoint (the latest), if any."""
+    candidates = [p for p in leftovers(run_dir) if TMP_TAG in p.name and _checkpoints_of(p)]
+    return max(candidates, key=lambda p: _checkpoints_of(p)[-1].name) if candidates else None
 
 
 def _checkpoints_of(folder: Path) -> list[Path]:
