@@ -95,24 +95,21 @@ def cmd_unlearn(args) -> int:
 def cmd_negate(args) -> int:
     from pathlib import Path
 
-    from unlearnkit.models import ALIASES, ensure_alias_cached, load_model, save_model
-    from unlearnkit.negation import negate_checkpoints, negate_lora_
+    from unlearnkit.errors import RunInterrupted
+    from unlearnkit.models import ALIASES, ensure_alias_cached
+    from unlearnkit.negation import negate_adapter, negate_checkpoints
 
     base = Path(ensure_alias_cached(args.base)) if args.base in ALIASES else Path(args.base)
     tuned = Path(args.tuned)
     out = Path(args.out)
-    if (tuned / "adapter_config.json").is_file():
-        # A LoRA adapter: subtract its scaled delta from the base, no second model.
-        from peft import PeftModel
-
-        model, tokenizer = load_model(str(base))
-        model = PeftModel.from_pretrained(model, str(tuned))
-        negated = negate_lora_(model, args.scale)
-        if out.exists() and any(out.iterdir()) and not args.overwrite:
-            raise UnlearnkitError(f"output folder {out} is not empty; pass --overwrite to replace it.")
-        save_model(negated, tokenizer, out)
-    else:
-        negate_checkpoints(base, tuned, out, scale=args.scale, overwrite=args.overwrite)
+    try:
+        if (tuned / "adapter_config.json").is_file():
+            # A LoRA adapter: subtract its scaled delta from the base, no second model.
+            negate_adapter(base, tuned, out, scale=args.scale, overwrite=args.overwrite)
+        else:
+            negate_checkpoints(base, tuned, out, scale=args.scale, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted; nothing was written to {out} (run the command again to start over).") from None
     print(f"Negated model (base - {args.scale} x (tuned - base)) written to {out}")
     return 0
 
@@ -169,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="the original model: a folder or a built-in alias")
     p.add_argument("--tuned", required=True, help="the model finetuned towards what to forget, or its LoRA adapter")
     p.add_argument("--scale", type=float, default=1.0, help="lambda (default 1.0)")
-    p.add_argument("--out", required=True, help="output folder (must not be inside an input)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="output folder (must not be an input, inside one, or hold one)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT when it holds an earlier negation output of unlearnkit")
     p.set_defaults(func=cmd_negate)
 
     from unlearnkit.evaluation.commands import add_commands
