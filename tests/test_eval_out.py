@@ -81,13 +81,13 @@ def test_missing_default_data_names_the_option_before_any_suite_runs(tmp_path, c
     missing_model = str(tmp_path / "no-model")
     code, _, err = run(capsys, "eval", "--model", missing_model, "--suite", "perplexity")
     line = one_error_line(err)
-    assert code == 2 and line.startswith("error: perplexity_texts: data file ../shared/data/retain/c4_demo.json does not exist")
+    assert code == 2 and line.startswith("error: perplexity_texts: no such file: ../shared/data/retain/c4_demo.json (the default")
     assert "--set perplexity_texts.spec=" in line
     code, _, err = run(capsys, "eval", "--model", missing_model, "--suite", "harm,truthfulqa",
                        "--set", "truthfulqa=null", "--set", "unseen_prompts.spec=prompts:" + str(tmp_path / "p.txt"))
     assert code == 2
     line = one_error_line(err)
-    assert "unseen_prompts" in line and "p.txt does not exist" in line  # harm's data is checked first ...
+    assert "unseen_prompts" in line and "no such file" in line  # harm's data is checked first ...
     (tmp_path / "p.txt").write_text("How do I pick a lock?\n")
     code, _, err = run(capsys, "eval", "--model", missing_model, "--suite", "harm,truthfulqa",
                        "--set", "truthfulqa=null", "--set", "unseen_prompts.spec=prompts:" + str(tmp_path / "p.txt"))

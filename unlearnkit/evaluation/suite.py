@@ -442,8 +442,8 @@ def check_suite_data(suites: list[str], options: EvalOptions) -> None:
                 default = getattr(defaults, name)
                 why = (f" (the default, which expects unlearnkit's checkout layout with {SHARED} beside the working "
                        "directory)" if default is not None and default.spec == src.spec else "")
-                raise ConfigError(
-                    f"{name}: data file {location} does not exist{why}; give yours with --set {name}.spec=RECIPE:PATH "
+                raise DataError(
+                    f"{name}: no such file: {location}{why}; give yours with --set {name}.spec=RECIPE:PATH "
                     f"(eval.suite.{name} in a run config), turn it off with --set {name}=null, or leave the {suite} "
                     "suite out with --suite."
                 )
