@@ -34,7 +34,7 @@ def cmd_data_preview(args) -> int:
     from unlearnkit.config import _format_errors, apply_overrides
     from unlearnkit.data.spec import DataSourceConfig, load_examples
     from unlearnkit.data.templates import render_prompt, render_response
-    from unlearnkit.data.tokenize import IGNORE_INDEX, tokenize_example
+    from unlearnkit.data.tokenize import IGNORE_INDEX, ExampleTooLong, tokenize_example, tokenize_set
     from unlearnkit.data.types import MCItem
     from unlearnkit.models import load_tokenizer
 
@@ -47,6 +47,14 @@ def cmd_data_preview(args) -> int:
     tokenizer = load_tokenizer(args.model)
     items = load_examples(ds, tokenizer)
     print(f"{args.spec}: {len(items)} items (template {args.template}, tokenizer of {args.model})")
+    pairs = [it for it in items if not isinstance(it, MCItem)]
+    if pairs:
+        _, _, report = tokenize_set(pairs, tokenizer, args.template, args.max_length, truncation=args.truncation,
+                                    what=args.spec, strict=False)
+        line = report.sentence(args.spec)
+        if line:
+            print(line.removeprefix("warning: ").replace("data.truncation=", "--truncation ")
+                  + (" A run with data.truncation: error refuses this set." if args.truncation == "error" else ""))
     print("The prompt part, masked out of every loss, is shown between ⟦ and ⟧.\n")
     for i, item in enumerate(items[: args.n]):
         if isinstance(item, MCItem):
@@ -54,12 +62,24 @@ def cmd_data_preview(args) -> int:
             for choice, label in zip(item.choices, item.labels):
                 print(f"   [{'x' if label else ' '}] {choice}")
             continue
-        tok = tokenize_example(item, tokenizer, args.template, args.max_length)
+        try:
+            tok = tokenize_example(item, tokenizer, args.template, args.max_length, truncation=args.truncation)
+        except ExampleTooLong as exc:
+            print(f"--- example {i + 1}: dropped: {exc}\n")
+            continue
         n_prompt = sum(1 for label in tok.labels if label == IGNORE_INDEX)
-        shown_prompt = render_prompt(args.template, tokenizer, item.prompt)
-        shown_response = render_response(args.template, item.response)
-        eos = tokenizer.eos_token if item.response and tokenizer.eos_token else ""
-        print(f"--- example {i + 1}: {n_prompt} prompt tokens masked, {len(tok) - n_prompt} response tokens scored")
+        shown_prompt = render_prompt(args.template if item.prompt else "raw", tokenizer, item.prompt)
+        if tok.answer_cut:
+            # What training sees: the answer as cut to fit --max-length.
+            shown_response = tokenizer.decode(tok.input_ids[n_prompt:], skip_special_tokens=False,
+                                              clean_up_tokenization_spaces=False)
+            note = f", answer cut by {tok.answer_cut} tokens to fit --max-length {args.max_length}"
+            eos = ""
+        else:
+            shown_response = render_response(args.template if item.prompt else "raw", item.response)
+            note = ""
+            eos = tokenizer.eos_token if item.response and tokenizer.eos_token else ""
+        print(f"--- example {i + 1}: {n_prompt} prompt tokens masked, {len(tok) - n_prompt} response tokens scored{note}")
         print(f"⟦{shown_prompt}⟧{shown_response}{eos}\n")
     return 0
 
@@ -138,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--template", default="qa", choices=["qa", "chat", "raw"])
     pv.add_argument("--model", default="smollm2-135m-instruct", help="whose tokenizer to use")
     pv.add_argument("--max-length", type=int, default=512)
+    pv.add_argument("--truncation", default="answer_first", choices=["answer_first", "drop", "error"],
+                    help="what a run does with an example longer than --max-length (data.truncation; default "
+                    "answer_first: cut the answer's end, drop an example whose prompt does not fit)")
     pv.add_argument("--set", dest="overrides", action="append", default=[], metavar="OPTION=VALUE",
                     help="a data option, e.g. --set subset=safe, --set mode=pairs")
     pv.set_defaults(func=cmd_data_preview)

@@ -42,6 +42,9 @@ OneOrManySources = Annotated[
 class DataConfig(Strict):
     template: Literal["qa", "chat", "raw"] = "qa"
     max_length: int = Field(512, ge=8, le=131072)
+    # An example longer than max_length: cut its answer's tail (a prompt that does
+    # not fit drops the example), drop it, or refuse the data. Counted in summary.json.
+    truncation: Literal["answer_first", "drop", "error"] = "answer_first"
     # Data to forget (harmful answers, a book's passages).
     forget: DataSourceConfig | None = None
     # Data whose behaviour must be kept (KL or cross-entropy anchor): one

@@ -24,7 +24,7 @@ import torch
 
 from unlearnkit.config import RunConfig, dump_config
 from unlearnkit.data.spec import DataSourceConfig, describe, load_examples, parse_spec, split_holdout
-from unlearnkit.data.tokenize import BatchStream, TokenizedExample, collate, pad_id_of, tokenize_example, tokenize_examples
+from unlearnkit.data.tokenize import BatchStream, TokenizedExample, collate, pad_id_of, tokenize_example, tokenize_set
 from unlearnkit.data.types import Example
 from unlearnkit.errors import ConfigError, RunInterrupted, TrainingError
 from unlearnkit.losses import AnswerLogits, answer_logits
@@ -372,10 +372,20 @@ class Trainer:
         self.pad_id = pad_id_of(tokenizer)
         data = prepare_data(cfg, tokenizer, self.method_cls)
         self.data = data
-        tok = lambda exs: tokenize_examples(exs, tokenizer, cfg.data.template, cfg.data.max_length,  # noqa: E731
-                                            add_eos=self.method.add_eos)
-        self.forget_tok = tok(data.forget)
-        self.retain_tok = tok(data.retain) if data.retain else []
+        # Over-long examples follow data.truncation: never a prompt cut to a fragment, every cut counted.
+        self.truncation: dict[str, dict] = {}
+
+        def tok(what: str, exs: list[Example]) -> tuple[list[Example], list[TokenizedExample]]:
+            kept, toks, report = tokenize_set(exs, tokenizer, cfg.data.template, cfg.data.max_length,
+                                              truncation=cfg.data.truncation, add_eos=self.method.add_eos, what=what)
+            self.truncation[what.removeprefix("data.")] = report.as_dict()
+            line = report.sentence(what)
+            if line and main:
+                print(line, flush=True)
+            return kept, toks
+
+        data.forget, self.forget_tok = tok("data.forget", data.forget)
+        data.retain, self.retain_tok = tok("data.retain", data.retain) if data.retain else ([], [])
         if cfg.train.epochs is not None:
             # Epochs become an exact step count before the schedule is built; the
             # saved config.yaml records it (epochs: null), so a reload is the same run.
@@ -391,7 +401,7 @@ class Trainer:
                 atomic_write_json(
                     self.run_dir / "manifest.json",
                     manifest(cfg.seed, f"{cfg.model.name} ({describe_source(cfg.model.name)})", data.descriptions,
-                             {"method": cfg.method, "world_size": acc.num_processes}),
+                             {"method": cfg.method, "world_size": acc.num_processes, "truncation": self.truncation}),
                 )
 
         if cfg.train.gradient_checkpointing is True or (
@@ -454,7 +464,9 @@ class Trainer:
                         break
                 examples.append(Example(self.data.forget[i].prompt, answer))
         local = self._local(list(range(len(examples))))
-        toks = [tokenize_example(examples[j], self.tokenizer, cfg.data.template, cfg.data.max_length) for j in local]
+        # The forget prompt fits (the set was tokenised under data.truncation); a long drawn answer loses its tail.
+        toks = [tokenize_example(examples[j], self.tokenizer, cfg.data.template, cfg.data.max_length,
+                                 truncation="answer_first") for j in local]
         return self._batch(toks)
 
     def _denominator(self, mask: torch.Tensor) -> torch.Tensor:
@@ -588,6 +600,7 @@ class Trainer:
             "eval_before": before,
             "eval_after": after,
             "eval_change": _relative_change(before, after),
+            "truncation": self.truncation,
             "model_path": None,
         }
         if main:
