@@ -85,11 +85,19 @@ def cmd_data_preview(args) -> int:
 
 
 def cmd_config_check(args) -> int:
-    from unlearnkit.config import dump_config, load_config
+    from unlearnkit.config import check_for_unlearn, dump_config, load_config, summarise_config
 
     cfg = load_config(args.file, args.overrides)
-    print(f"# {args.file}: valid. Resolved config (defaults filled in):")
-    print(dump_config(cfg), end="")
+    if cfg.method["name"] != "finetune" or cfg.data.forget is None:
+        check_for_unlearn(cfg, args.file)  # finetune checks the same: data.forget is its text
+    if args.full:
+        print(f"# {args.file}: valid. Resolved config (defaults filled in):")
+        print(dump_config(cfg), end="")
+        return 0
+    print(f"{args.file}: valid.")
+    for line in summarise_config(cfg):
+        print(f"  {line}")
+    print("Every resolved key, defaults included: --full.")
     return 0
 
 
@@ -167,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="validate configs")
     csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
-    ck = csub.add_parser("check", help="validate a config and print the resolved result")
+    ck = csub.add_parser("check", help="validate a config as `unlearn` would and summarise what the run does")
     ck.add_argument("file")
+    ck.add_argument("--full", action="store_true", help="print the whole resolved config (every default)")
     _add_set(ck)
     ck.set_defaults(func=cmd_config_check)
 

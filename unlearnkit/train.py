@@ -237,6 +237,9 @@ class Trainer:
         A fresh run (and ``--overwrite``) builds in a temporary sibling folder and
         swaps it in at the end; ``--resume`` continues in the existing run folder.
         """
+        from unlearnkit.config import check_for_unlearn
+
+        check_for_unlearn(self.cfg)  # data.forget and the method's data, before any folder is touched
         final = self.final_dir
         out_root = final.parent
         if out_root.exists() and not out_root.is_dir():
