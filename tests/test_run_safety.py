@@ -382,3 +382,11 @@ def test_sigkill_during_the_final_save_leaves_nothing_real_and_is_cleaned(tmp_pa
     assert [p.name for p in (runs / "u").iterdir() if p.name.startswith(".model.tmp-")]
     assert main(["unlearn", str(other), "--resume"]) == 0
     assert not [p.name for p in (runs / "u").iterdir() if p.name.startswith(".model.tmp-")]
+
+
+def test_a_run_folder_inside_the_input_model_is_refused(tmp_path, tiny_model_dir):
+    before = tree(tiny_model_dir)
+    cfg = cfg_of(tmp_path, tiny_model_dir, output_dir=tiny_model_dir / "runs")
+    with pytest.raises(UnlearnkitError, match="refusing to write the run folder .* inside the input model"):
+        run_unlearning(cfg)
+    assert tree(tiny_model_dir) == before

@@ -351,6 +351,8 @@ class Trainer:
         if acc.is_main_process:
             self._prepare_folder()
         acc.wait_for_everyone()
+        if self.adopt is not None:
+            self.run_dir = self.final_dir  # every process: the main one has moved the folder there
         try:
             result = self._run()
         except BaseException as exc:
