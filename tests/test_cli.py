@@ -205,7 +205,7 @@ def test_preview_missing_file_is_one_error_line(capsys, tmp_path):
 
 def test_config_check_prints_the_resolved_config(capsys, monkeypatch, shared_data):
     monkeypatch.chdir(ROOT)
-    code, out, err = run(capsys, "config", "check", SMOL_CONFIG, "--set", "train.max_steps=3")
+    code, out, err = run(capsys, "config", "check", SMOL_CONFIG, "--set", "train.max_steps=3", "--full")
     assert code == 0, err
     assert out.splitlines()[0] == f"# {SMOL_CONFIG}: valid. Resolved config (defaults filled in):"
     printed = yaml.safe_load(out)

@@ -393,16 +393,16 @@ def test_error_csv_row_width(tmp_path):
 
 def test_error_recipe_missing_keys(tmp_path):
     path = _write_jsonl(tmp_path / "pku_bad.jsonl", [{"prompt": "p", "response": ["a", "b"]}, {"prompt": "q"}])
-    with pytest.raises(DataError, match=r"pku_saferlhf: row 1 of .*pku_bad\.jsonl has no 'response' \(keys found: prompt\)"):
+    with pytest.raises(DataError, match=r"pku_saferlhf: row 2 \(counting from 1\) of .*pku_bad\.jsonl has no 'response' \(keys found: prompt\)"):
         load_examples(DataSourceConfig(spec=f"pku_saferlhf:{path}"))
-    with pytest.raises(DataError, match=r"row 0 of the data has 'response' = .*expected a list"):
+    with pytest.raises(DataError, match=r"row 1 \(counting from 1\) of the data has 'response' = .*expected a list"):
         pku_saferlhf([{"prompt": "p", "response": ["only one"]}])
-    with pytest.raises(DataError, match=r"row 0 .* 'is_response_1_safe' = 'maybe'"):
+    with pytest.raises(DataError, match=r"row 1 .* 'is_response_1_safe' = 'maybe'"):
         pku_saferlhf([{"prompt": "p", "response_0": "a", "response_1": "b",
                        "is_response_0_safe": True, "is_response_1_safe": "maybe"}])
-    with pytest.raises(DataError, match=r"truthfulqa: row 0 of t\.csv has no 'Best Answer' / 'best_answer'"):
+    with pytest.raises(DataError, match=r"truthfulqa: row 1 \(counting from 1\) of t\.csv has no 'Best Answer' / 'best_answer'"):
         truthfulqa([{"Question": "q"}], source="t.csv")
-    with pytest.raises(DataError, match=r"truthfulqa_mc: row 0 .*'mc2_targets'"):
+    with pytest.raises(DataError, match=r"truthfulqa_mc: row 1 .*'mc2_targets'"):
         truthfulqa_mc([{"question": "q", "mc1_targets": {"choices": ["a", "b"], "labels": [1, 0]}}], "mc2")
 
 
@@ -422,7 +422,7 @@ def test_error_text_needs_tokenizer_and_text_column(tmp_path):
     with pytest.raises(DataError, match=r"text: cutting .*dorothy_and_the_wizard_in_oz\.txt .*needs a tokenizer"):
         load_examples(DataSourceConfig(spec=str(OZ)))
     path = _write_jsonl(tmp_path / "notext.jsonl", [{"body": "x"}])
-    with pytest.raises(DataError, match=r"text: row 0 of .*notext\.jsonl has no 'text'"):
+    with pytest.raises(DataError, match=r"text: row 1 \(counting from 1\) of .*notext\.jsonl has no 'text'"):
         load_examples(DataSourceConfig(spec=f"text:{path}"), WordTokenizer())
 
 

@@ -96,7 +96,7 @@ def shard_files(folder: Path) -> list[str]:
 
 def leftovers(parent: Path, name: str) -> list[str]:
     """Temporary or backup siblings of an output folder that should not survive."""
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith(name + "."))
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith((name + ".", "." + name + ".")))
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
@@ -450,7 +450,7 @@ def test_failure_midway_leaves_no_output(llama_pair, tmp_path, monkeypatch):
     monkeypatch.setattr(negation, "_save_shard", flaky_save)
     with pytest.raises(OSError, match="No space"):
         negate_checkpoints(base, tuned, tmp_path / "out", progress=False)
-    assert len(written) == 1 and written[0].parent.name.startswith("out.tmp-")
+    assert len(written) == 1 and written[0].parent.name.startswith(".out.unlearnkit-tmp-")
     assert not (tmp_path / "out").exists()
     assert leftovers(tmp_path, "out") == []
 
@@ -471,7 +471,17 @@ def test_out_inside_or_equal_to_an_input_is_refused(llama_pair, tmp_path):
 def test_non_empty_out_needs_overwrite(llama_pair, tmp_path):
     base, tuned = llama_pair
     out = tmp_path / "out"
+    # A folder unlearnkit did not make is never replaced, even with overwrite.
     out.mkdir()
+    (out / "stale.txt").write_text("old")
+    for overwrite in (False, True):
+        with pytest.raises(NegationError, match="not a negation output made by unlearnkit") as err:
+            negate_checkpoints(base, tuned, out, progress=False, overwrite=overwrite)
+        assert str(out) in str(err.value)
+        assert (out / "stale.txt").read_text() == "old"
+    (out / "stale.txt").unlink()
+    # An earlier negation output is replaced only with overwrite.
+    negate_checkpoints(base, tuned, out, progress=False)
     (out / "stale.txt").write_text("old")
     with pytest.raises(NegationError, match="overwrite=True") as err:
         negate_checkpoints(base, tuned, out, progress=False)

@@ -34,7 +34,7 @@ def cmd_data_preview(args) -> int:
     from unlearnkit.config import _format_errors, apply_overrides
     from unlearnkit.data.spec import DataSourceConfig, load_examples
     from unlearnkit.data.templates import render_prompt, render_response
-    from unlearnkit.data.tokenize import IGNORE_INDEX, tokenize_example
+    from unlearnkit.data.tokenize import IGNORE_INDEX, ExampleTooLong, tokenize_example, tokenize_set
     from unlearnkit.data.types import MCItem
     from unlearnkit.models import load_tokenizer
 
@@ -47,6 +47,14 @@ def cmd_data_preview(args) -> int:
     tokenizer = load_tokenizer(args.model)
     items = load_examples(ds, tokenizer)
     print(f"{args.spec}: {len(items)} items (template {args.template}, tokenizer of {args.model})")
+    pairs = [it for it in items if not isinstance(it, MCItem)]
+    if pairs:
+        _, _, report = tokenize_set(pairs, tokenizer, args.template, args.max_length, truncation=args.truncation,
+                                    what=args.spec, strict=False)
+        line = report.sentence(args.spec)
+        if line:
+            print(line.removeprefix("warning: ").replace("data.truncation=", "--truncation ")
+                  + (" A run with data.truncation: error refuses this set." if args.truncation == "error" else ""))
     print("The prompt part, masked out of every loss, is shown between ⟦ and ⟧.\n")
     for i, item in enumerate(items[: args.n]):
         if isinstance(item, MCItem):
@@ -54,22 +62,42 @@ def cmd_data_preview(args) -> int:
             for choice, label in zip(item.choices, item.labels):
                 print(f"   [{'x' if label else ' '}] {choice}")
             continue
-        tok = tokenize_example(item, tokenizer, args.template, args.max_length)
+        try:
+            tok = tokenize_example(item, tokenizer, args.template, args.max_length, truncation=args.truncation)
+        except ExampleTooLong as exc:
+            print(f"--- example {i + 1}: dropped: {exc}\n")
+            continue
         n_prompt = sum(1 for label in tok.labels if label == IGNORE_INDEX)
-        shown_prompt = render_prompt(args.template, tokenizer, item.prompt)
-        shown_response = render_response(args.template, item.response)
-        eos = tokenizer.eos_token if item.response and tokenizer.eos_token else ""
-        print(f"--- example {i + 1}: {n_prompt} prompt tokens masked, {len(tok) - n_prompt} response tokens scored")
+        shown_prompt = render_prompt(args.template if item.prompt else "raw", tokenizer, item.prompt)
+        if tok.answer_cut:
+            # What training sees: the answer as cut to fit --max-length.
+            shown_response = tokenizer.decode(tok.input_ids[n_prompt:], skip_special_tokens=False,
+                                              clean_up_tokenization_spaces=False)
+            note = f", answer cut by {tok.answer_cut} tokens to fit --max-length {args.max_length}"
+            eos = ""
+        else:
+            shown_response = render_response(args.template if item.prompt else "raw", item.response)
+            note = ""
+            eos = tokenizer.eos_token if item.response and tokenizer.eos_token else ""
+        print(f"--- example {i + 1}: {n_prompt} prompt tokens masked, {len(tok) - n_prompt} response tokens scored{note}")
         print(f"⟦{shown_prompt}⟧{shown_response}{eos}\n")
     return 0
 
 
 def cmd_config_check(args) -> int:
-    from unlearnkit.config import dump_config, load_config
+    from unlearnkit.config import check_for_unlearn, dump_config, load_config, summarise_config
 
     cfg = load_config(args.file, args.overrides)
-    print(f"# {args.file}: valid. Resolved config (defaults filled in):")
-    print(dump_config(cfg), end="")
+    if cfg.method["name"] != "finetune" or cfg.data.forget is None:
+        check_for_unlearn(cfg, args.file)  # finetune checks the same: data.forget is its text
+    if args.full:
+        print(f"# {args.file}: valid. Resolved config (defaults filled in):")
+        print(dump_config(cfg), end="")
+        return 0
+    print(f"{args.file}: valid.")
+    for line in summarise_config(cfg):
+        print(f"  {line}")
+    print("Every resolved key, defaults included: --full.")
     return 0
 
 
@@ -95,24 +123,21 @@ def cmd_unlearn(args) -> int:
 def cmd_negate(args) -> int:
     from pathlib import Path
 
-    from unlearnkit.models import ALIASES, ensure_alias_cached, load_model, save_model
-    from unlearnkit.negation import negate_checkpoints, negate_lora_
+    from unlearnkit.errors import RunInterrupted
+    from unlearnkit.models import ALIASES, ensure_alias_cached
+    from unlearnkit.negation import negate_adapter, negate_checkpoints
 
     base = Path(ensure_alias_cached(args.base)) if args.base in ALIASES else Path(args.base)
     tuned = Path(args.tuned)
     out = Path(args.out)
-    if (tuned / "adapter_config.json").is_file():
-        # A LoRA adapter: subtract its scaled delta from the base, no second model.
-        from peft import PeftModel
-
-        model, tokenizer = load_model(str(base))
-        model = PeftModel.from_pretrained(model, str(tuned))
-        negated = negate_lora_(model, args.scale)
-        if out.exists() and any(out.iterdir()) and not args.overwrite:
-            raise UnlearnkitError(f"output folder {out} is not empty; pass --overwrite to replace it.")
-        save_model(negated, tokenizer, out)
-    else:
-        negate_checkpoints(base, tuned, out, scale=args.scale, overwrite=args.overwrite)
+    try:
+        if (tuned / "adapter_config.json").is_file():
+            # A LoRA adapter: subtract its scaled delta from the base, no second model.
+            negate_adapter(base, tuned, out, scale=args.scale, overwrite=args.overwrite)
+        else:
+            negate_checkpoints(base, tuned, out, scale=args.scale, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted; nothing was written to {out} (run the command again to start over).") from None
     print(f"Negated model (base - {args.scale} x (tuned - base)) written to {out}")
     return 0
 
@@ -141,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--template", default="qa", choices=["qa", "chat", "raw"])
     pv.add_argument("--model", default="smollm2-135m-instruct", help="whose tokenizer to use")
     pv.add_argument("--max-length", type=int, default=512)
+    pv.add_argument("--truncation", default="answer_first", choices=["answer_first", "drop", "error"],
+                    help="what a run does with an example longer than --max-length (data.truncation; default "
+                    "answer_first: cut the answer's end, drop an example whose prompt does not fit)")
     pv.add_argument("--set", dest="overrides", action="append", default=[], metavar="OPTION=VALUE",
                     help="a data option, e.g. --set subset=safe, --set mode=pairs")
     pv.set_defaults(func=cmd_data_preview)
@@ -150,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="validate configs")
     csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
-    ck = csub.add_parser("check", help="validate a config and print the resolved result")
+    ck = csub.add_parser("check", help="validate a config as `unlearn` would and summarise what the run does")
     ck.add_argument("file")
+    ck.add_argument("--full", action="store_true", help="print the whole resolved config (every default)")
     _add_set(ck)
     ck.set_defaults(func=cmd_config_check)
 
@@ -172,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="the original model: a folder or a built-in alias")
     p.add_argument("--tuned", required=True, help="the model finetuned towards what to forget, or its LoRA adapter")
     p.add_argument("--scale", type=float, default=1.0, help="lambda (default 1.0)")
-    p.add_argument("--out", required=True, help="output folder (must not be inside an input)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="output folder (must not be an input, inside one, or hold one)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT when it holds an earlier negation output of unlearnkit")
     p.set_defaults(func=cmd_negate)
 
     from unlearnkit.evaluation.commands import add_commands
@@ -201,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     except UnlearnkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; a run can be continued with --resume from its last checkpoint.", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # A command that knows what it kept says so; no other promise is made.
+        print(getattr(exc, "message", None) or "interrupted.", file=sys.stderr)
         return 130
 
 

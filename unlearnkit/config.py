@@ -42,6 +42,9 @@ OneOrManySources = Annotated[
 class DataConfig(Strict):
     template: Literal["qa", "chat", "raw"] = "qa"
     max_length: int = Field(512, ge=8, le=131072)
+    # An example longer than max_length: cut its answer's tail (a prompt that does
+    # not fit drops the example), drop it, or refuse the data. Counted in summary.json.
+    truncation: Literal["answer_first", "drop", "error"] = "answer_first"
     # Data to forget (harmful answers, a book's passages).
     forget: DataSourceConfig | None = None
     # Data whose behaviour must be kept (KL or cross-entropy anchor): one
@@ -268,6 +271,54 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = raw if raw is not None else (load_raw(path) if path else {})
     data = apply_overrides(data, overrides or [])
     return validate(data, source=str(path) if path else None)
+
+
+def check_for_unlearn(cfg: RunConfig, source: str | None = None) -> None:
+    """What ``unlearnkit unlearn`` needs beyond a valid config, checked without loading anything."""
+    from unlearnkit.methods import get_method
+
+    where = f" in {source}" if source else ""
+    if cfg.data.forget is None:
+        raise ConfigError(f"invalid config{where}: data.forget is required: the examples to unlearn.")
+    method = get_method(cfg.method["name"])
+    if "retain" in method.needs and not cfg.data.retain_sources:
+        raise ConfigError(f"invalid config{where}: method {method.name} needs data.retain (normal data to keep).")
+
+
+def summarise_config(cfg: RunConfig) -> list[str]:
+    """A few lines saying what a run will do (``config check``); ``dump_config`` gives every key."""
+    from unlearnkit.data.spec import DataSourceConfig
+
+    def opts(model: BaseModel, skip: tuple = ()) -> str:
+        items = {k: v for k, v in model.model_dump(mode="json", exclude_defaults=True).items() if k not in skip}
+        return ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def source(ds: DataSourceConfig) -> str:
+        extra = opts(ds, ("spec",))
+        return ds.spec + (f" ({extra})" if extra else "")
+
+    m = cfg.model
+    lora = f"LoRA r={m.lora.r}, alpha={m.lora.alpha:g}" if m.lora.enabled else "full-parameter"
+    params = {k: v for k, v in cfg.method.items() if k != "name"}
+    t = cfg.train
+    steps = f"epochs={t.epochs:g}" if t.epochs is not None else f"max_steps={t.max_steps}"
+    lines = [
+        f"run: {cfg.name} -> {cfg.run_dir} (seed {cfg.seed})",
+        f"model: {m.name} ({lora}, dtype {m.dtype}, device {m.device})",
+        f"method: {cfg.method['name']}" + (f" ({', '.join(f'{k}={v}' for k, v in params.items())})" if params else ""),
+        f"data: template {cfg.data.template}, max_length {cfg.data.max_length}, truncation {cfg.data.truncation}",
+    ]
+    lines.append(f"  forget: {source(cfg.data.forget)}" if cfg.data.forget else "  forget: (none)")
+    for i, ds in enumerate(cfg.data.retain_sources):
+        lines.append(f"  retain[{i}]: {source(ds)}" if isinstance(cfg.data.retain, list) else f"  retain: {source(ds)}")
+    if cfg.data.random is not None:
+        lines.append(f"  random: {source(cfg.data.random)}")
+    lines.append(f"train: {steps}, batch_size={t.batch_size}, grad_accum={t.grad_accum}, lr={t.lr:g} ({t.scheduler}), "
+                 f"save={t.save}" + (f", save_every={t.save_every}" if t.save_every else ""))
+    ev = cfg.eval
+    lines.append(f"eval: {'before and after the run' if ev.enabled else 'off'}"
+                 + (f", nll sets: {', '.join(ev.nll)}" if ev.nll else ""))
+    return lines
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -110,17 +110,12 @@ def builtin_prompt_file(name: str) -> Path:
 
 def load_prompts(source: str) -> list[str]:
     """Harmful prompts from a built-in name or a file (any layout the ``prompts`` recipe reads)."""
-    from unlearnkit.data.recipes import prompts as prompts_recipe
-    from unlearnkit.data.sources import load_rows
+    from unlearnkit.data.recipes import read_prompt_file
 
     path = builtin_prompt_file(source) if source in BUILTIN_PROMPTS else Path(source).expanduser()
     if not path.is_file():
         raise DataError(f"prompt file {path} does not exist (or name a built-in set: {', '.join(BUILTIN_PROMPTS)}).")
-    if path.suffix == ".txt":
-        items = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        items = [t for t in items if t and not t.startswith("#")]
-    else:
-        items = [ex.prompt.strip() for ex in prompts_recipe(load_rows(str(path)), source=str(path))]
+    items = read_prompt_file(path)  # the reader every command uses: .txt one prompt a line
     seen: set[str] = set()
     unique = [p for p in items if p and not (p in seen or seen.add(p))]
     if not unique:
@@ -133,8 +128,9 @@ def everyday_questions(path: str | None = None) -> list[str]:
     p = Path(path).expanduser() if path else Path(__file__).resolve().parent / "assets" / "everyday_questions.txt"
     if not p.is_file():
         raise DataError(f"everyday-question file {p} does not exist.")
-    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
-    return [t for t in lines if t and not t.startswith("#")]
+    from unlearnkit.data.recipes import read_prompt_file
+
+    return read_prompt_file(p)
 
 
 def split_demo_prompts(harmful: list[str], normal: list[str], opts: DemoOptions) -> dict[str, list[str]]:

@@ -19,3 +19,11 @@ class ModelLoadError(UnlearnkitError):
 
 class TrainingError(UnlearnkitError):
     pass
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a command, with a sentence saying what was kept and what can be done."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

@@ -398,10 +398,14 @@ def stage_state(stage: ResolvedStage) -> str:
     """``done``, ``resume`` (a training stage with a checkpoint), ``partial`` or ``todo``."""
     if _done_marker(stage).is_file():
         return "done"
-    if stage.kind != "eval" and (stage.folder / "checkpoints").is_dir() and any(
-        p.name.startswith("step-") for p in (stage.folder / "checkpoints").iterdir()
-    ):
-        return "resume"
+    if stage.kind != "eval":
+        from unlearnkit.train import resumable_leftover
+
+        has_ckpt = (stage.folder / "checkpoints").is_dir() and any(
+            p.name.startswith("step-") for p in (stage.folder / "checkpoints").iterdir())
+        # A stage killed after a checkpoint may have left only its temporary folder.
+        if has_ckpt or (not stage.folder.exists() and resumable_leftover(stage.folder) is not None):
+            return "resume"
     return "partial" if stage.folder.exists() else "todo"
 
 

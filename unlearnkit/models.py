@@ -205,6 +205,20 @@ def describe_source(name: str) -> str:
     return f"hub id {name}"
 
 
+def _check_model_folder(p: Path) -> None:
+    """A local folder must hold config.json (what save_pretrained writes), else a clear error."""
+    if p.is_dir() and not (p / "config.json").is_file():
+        if (p / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"{p} is a LoRA adapter folder (adapter_config.json), not a model folder; `unlearnkit eval --model` "
+                "puts an adapter on its base, and for training give the base model (or the run's merged model/)."
+            )
+        raise ModelLoadError(
+            f"{p} has no config.json, so it is not a model folder saved with save_pretrained; pass the folder that "
+            "holds config.json and the weights, a .gguf file, an alias or a hub id."
+        )
+
+
 def load_tokenizer(cfg: ModelConfig | str):
     cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else cfg
     from transformers import AutoTokenizer
@@ -217,6 +231,7 @@ def load_tokenizer(cfg: ModelConfig | str):
         if not p.is_file():
             raise ModelLoadError(f"GGUF file {p} does not exist.")
         return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+    _check_model_folder(p)
     try:
         tok = AutoTokenizer.from_pretrained(
             str(p) if p.exists() else name, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
@@ -267,6 +282,7 @@ def load_model(cfg: ModelConfig | str, *, for_training: bool = False):
     else:
         if p.exists() and not p.is_dir():
             raise ModelLoadError(f"{p} is a file, not a model folder; pass the folder that holds config.json (or a .gguf file).")
+        _check_model_folder(p)
         if p.is_dir() and not cfg.allow_pickle:
             has_st = any(p.glob("*.safetensors"))
             has_pickle = any(p.glob("*.bin")) or any(p.glob("*.pt"))
@@ -337,16 +353,21 @@ def save_model(model, tokenizer, out: str | Path, merge: bool = True) -> Path:
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if is_peft(model) and merge:
-        import copy
+    try:
+        if is_peft(model) and merge:
+            import copy
 
-        merged = copy.deepcopy(model).merge_and_unload()
-        merged.save_pretrained(tmp, safe_serialization=True)
-        del merged
-    else:
-        model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+            merged = copy.deepcopy(model).merge_and_unload()
+            merged.save_pretrained(tmp, safe_serialization=True)
+            del merged
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    except BaseException:
+        # Ctrl-C or a full disk: no half-written hidden folder stays behind.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -345,6 +345,10 @@ def _is_inside(child: Path, parent: Path) -> bool:
 
 
 def _check_output(out: Path, inputs: Iterable[tuple[str, Path]], overwrite: bool) -> None:
+    """``out`` is no input, lies inside none and holds none; an existing output is replaced
+    only when unlearnkit marked it as a negation output and ``overwrite`` is set."""
+    from unlearnkit.rundir import MARKER, read_marker
+
     for role, src in inputs:
         if _is_inside(out, src):
             raise NegationError(
@@ -356,8 +360,28 @@ def _check_output(out: Path, inputs: Iterable[tuple[str, Path]], overwrite: bool
     if out.exists():
         if not out.is_dir():
             raise NegationError(f"Output path {out} exists and is not a folder.")
-        if any(out.iterdir()) and not overwrite:
-            raise NegationError(f"Output folder {out} already exists and is not empty; pass overwrite=True to replace it.")
+        if any(out.iterdir()):
+            marker = read_marker(out)
+            if marker is None or marker.get("kind") != "negation":
+                raise NegationError(
+                    f"Output folder {out} already exists and is not a negation output made by unlearnkit (no {MARKER} "
+                    "of kind negation); it is never replaced: choose another output folder."
+                )
+            if not overwrite:
+                raise NegationError(f"Output folder {out} already holds a negation output; pass overwrite=True "
+                                    "(--overwrite) to replace it.")
+
+
+def _temp_dir(out: Path) -> Path:
+    """A fresh sibling temporary folder for ``out``; those of killed earlier runs are removed first."""
+    from unlearnkit.rundir import remove_leftovers, temp_sibling
+
+    remove_leftovers(out)
+    tmp = temp_sibling(out)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def _copy_side_files(src: Path, dst: Path) -> list[str]:
@@ -378,25 +402,16 @@ def _copy_side_files(src: Path, dst: Path) -> list[str]:
 
 
 def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder to ``out`` with a single rename.
+    """Mark the finished temporary folder and move it to ``out`` with a single rename.
 
     An existing ``out`` (empty, or allowed by ``overwrite``) is first renamed
     aside and removed only after the new folder is in place, so a crash never
     leaves a half-written ``out``.
     """
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except BaseException:
-            os.rename(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
+    from unlearnkit.rundir import swap_in, write_marker
+
+    write_marker(tmp, "negation")
+    swap_in(tmp, out)
 
 
 # ---------------------------------------------------------------------------
@@ -432,9 +447,11 @@ def negate_checkpoints(
     for a different split. Non-weight files of the base folder (config,
     generation config, tokenizer files, ...) are copied, and ``negation.json``
     records the inputs and the scale. Everything is built in a sibling folder
-    ``<out>.tmp-<pid>`` and renamed into place at the end, so a failure leaves
-    no partial ``out``. ``out`` must not be an input or lie inside one, and an
-    existing non-empty ``out`` is replaced only with ``overwrite=True``.
+    ``.<out>.unlearnkit-tmp-<pid>`` and renamed into place at the end, so a failure leaves
+    no partial ``out`` (the temporary folder of a killed run is removed by the next
+    run). ``out`` must not be an input, lie inside one or hold one, and an existing
+    non-empty ``out`` is replaced only when it is a negation output unlearnkit
+    marked (``.unlearnkit.json``) and ``overwrite=True``.
 
     Returns the output folder path.
     """
@@ -460,10 +477,7 @@ def negate_checkpoints(
             raise NegationError(_shape_message(name, b_info.shape, t_info.shape))
     plan = _plan_shards(base_ckpt, shard_size_bytes)
 
-    tmp_dir = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    if tmp_dir.exists():  # left over from a killed run that had our pid
-        shutil.rmtree(tmp_dir)
-    tmp_dir.mkdir(parents=True)
+    tmp_dir = _temp_dir(out_dir)
 
     base_readers = _Readers(base_dir, base_ckpt.tensors)
     tuned_readers = _Readers(tuned_dir, tuned_ckpt.tensors)
@@ -527,6 +541,47 @@ def negate_checkpoints(
 # ---------------------------------------------------------------------------
 # Public: LoRA negation
 # ---------------------------------------------------------------------------
+
+
+def negate_adapter(
+    base: str | Path, adapter: str | Path, out: str | Path, scale: float = 1.0, overwrite: bool = False
+) -> Path:
+    """Write ``base - scale * delta(adapter)`` as a full model folder (see :func:`negate_lora_`).
+
+    The output is checked against both inputs before anything is loaded (never
+    inside the base or the adapter, never holding them; an existing output only
+    replaced when it is a marked negation output and ``overwrite``), built in a
+    temporary sibling and renamed into place, so an interrupted run leaves no
+    partial ``out`` and never replaces the adapter.
+    """
+    scale = _check_scale(scale)
+    base_dir = Path(base).expanduser().resolve()
+    adapter_dir = Path(adapter).expanduser().resolve()
+    out_dir = Path(out).expanduser().resolve()
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise NegationError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json).")
+    _check_output(out_dir, (("base", base_dir), ("adapter", adapter_dir)), overwrite)
+    from peft import PeftModel
+
+    from unlearnkit.models import load_model
+
+    model, tokenizer = load_model(str(base_dir))
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    negated = negate_lora_(model, scale)
+    tmp_dir = _temp_dir(out_dir)
+    try:
+        negated.save_pretrained(tmp_dir, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp_dir)
+        report = {"method": "knowledge_negation", "formula": "base - scale * delta(LoRA adapter)",
+                  "base": str(base_dir), "tuned": str(adapter_dir), "scale": scale}
+        (tmp_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        _publish(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return out_dir
+
 
 
 def negate_lora_(model: Any, scale: float = 1.0) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -24,13 +25,28 @@ import torch
 from unlearnkit.config import RunConfig, dump_config
 from unlearnkit.data.audit import audit, check_audit, prompt_key, write_sets
 from unlearnkit.data.spec import DataSourceConfig, describe, load_examples, parse_spec, split_holdout
-from unlearnkit.data.tokenize import BatchStream, TokenizedExample, collate, pad_id_of, tokenize_example, tokenize_examples
+from unlearnkit.data.tokenize import BatchStream, TokenizedExample, collate, pad_id_of, tokenize_example, tokenize_set
 from unlearnkit.data.types import Example
-from unlearnkit.errors import ConfigError, TrainingError
+from unlearnkit.errors import ConfigError, RunInterrupted, TrainingError
 from unlearnkit.losses import AnswerLogits, answer_logits
 from unlearnkit.methods import LossContext, Method, get_method
 from unlearnkit.models import describe_source, is_peft, load_model, save_model
-from unlearnkit.rundir import atomic_write_json, atomic_write_text, check_not_inside, manifest, save_figure
+from unlearnkit.rundir import (
+    MARKER,
+    TMP_TAG,
+    atomic_write_json,
+    atomic_write_text,
+    check_outputs,
+    leftovers,
+    manifest,
+    read_marker,
+    remove_leftovers,
+    remove_stale_tmp_inside,
+    save_figure,
+    swap_in,
+    temp_sibling,
+    write_marker,
+)
 
 # Keys of the config that may change between a run and its resumption.
 RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "epochs"), ("train", "save_every"), ("train", "progress"),
@@ -199,6 +215,9 @@ class Trainer:
         self.stop_at = stop_at
         self.resume = resume
         self.overwrite = overwrite
+        # The folder the run is finally found in, and the one it writes while it
+        # runs (a temporary sibling for a fresh run, the run folder on --resume).
+        self.final_dir = cfg.run_dir
         self.run_dir = cfg.run_dir
         self.method_cls = get_method(cfg.method["name"])
         self.method = self.method_cls(cfg.method_params())
@@ -213,14 +232,59 @@ class Trainer:
         cpu = self.cfg.model.device == "cpu" or not torch.cuda.is_available()
         return Accelerator(mixed_precision=mp, cpu=cpu)
 
-    def _check_run_dir(self) -> None:
-        model_path = Path(self.cfg.model.name).expanduser()
+    def _inputs(self) -> list[tuple[str, Path]]:
+        """Every local file or folder the run reads: the model and each data source."""
+        cfg = self.cfg
+        out: list[tuple[str, Path]] = []
+        model_path = Path(cfg.model.name).expanduser()
         if model_path.exists():
-            check_not_inside(self.run_dir, model_path if model_path.is_dir() else model_path.parent, "input model folder")
-        done = (self.run_dir / "summary.json").exists()
-        ckpts = self.checkpoints()
+            out.append(("input model", model_path))
+        sources = {"data.forget": cfg.data.forget, "data.random": cfg.data.random}
+        sources.update({f"data.retain[{i}]": ds for i, ds in enumerate(cfg.data.retain_sources)})
+        sources.update({f"eval.nll.{k}": ds for k, ds in cfg.eval.nll.items()})
+        for key, ds in sources.items():
+            if ds is None:
+                continue
+            location = Path(parse_spec(ds.spec)[1]).expanduser()
+            if location.exists():
+                out.append((f"data file of {key}", location))
+        return out
+
+    def _check_run_dir(self) -> None:
+        """Decide where the run writes, before anything is loaded or written.
+
+        A fresh run (and ``--overwrite``) builds in a temporary sibling folder and
+        swaps it in at the end; ``--resume`` continues in the existing run folder.
+        """
+        from unlearnkit.config import check_for_unlearn
+
+        check_for_unlearn(self.cfg)  # data.forget and the method's data, before any folder is touched
+        final = self.final_dir
+        out_root = final.parent
+        if out_root.exists() and not out_root.is_dir():
+            raise TrainingError(f"output_dir {out_root} is a file, not a folder; set output_dir to a folder.")
+        if final.exists() and not final.is_dir():
+            raise TrainingError(f"the run folder {final} is a file, not a folder; choose another name (--set name=...).")
+        hint = "choose another output_dir or name (--set name=...)."
+        check_outputs([("run folder", final), ("temporary run folder", temp_sibling(final))], self._inputs(), hint)
+        self.adopt = None
         if self.resume:
-            if not ckpts and not done:
+            if not final.exists():
+                # A fresh run killed after a checkpoint left its temporary folder: continue that one.
+                self.adopt = resumable_leftover(final)
+                if self.adopt is None:
+                    raise TrainingError(f"--resume: there is no run folder {final} to resume (and no checkpoint of an "
+                                        "interrupted run beside it); start the run without --resume.")
+                self.run_dir = self.adopt
+            marker = read_marker(self.run_dir)
+            legacy = (self.run_dir / "config.yaml").is_file() and (self.run_dir / "manifest.json").is_file()
+            if marker is None and not legacy:
+                raise TrainingError(f"--resume: {self.run_dir} was not made by unlearnkit (it has no {MARKER}); "
+                                    "there is nothing to resume in it.")
+            if marker is not None and marker.get("kind") != "run":
+                raise TrainingError(f"--resume: {self.run_dir} holds an unlearnkit {marker.get('kind')} output, not a run.")
+            done = (self.run_dir / "summary.json").exists()
+            if not self.checkpoints() and not done:
                 raise TrainingError(f"--resume: {self.run_dir} has no checkpoint to resume from.")
             saved = self.run_dir / "config.yaml"
             if saved.exists():
@@ -232,17 +296,68 @@ class Trainer:
                 if diffs:
                     keys = ", ".join(".".join(map(str, d)) for d in diffs)
                     raise TrainingError(f"--resume: the config differs from the run's saved config in {keys}; resume with the same config.")
-        elif self.run_dir.exists() and (done or ckpts) and not self.overwrite:
-            raise TrainingError(
-                f"run folder {self.run_dir} already holds a run; use --resume to continue it, "
-                "--overwrite to replace it, or another name (--set name=...)."
-            )
+            return
+        if final.exists() and any(final.iterdir()):
+            marker = read_marker(final)
+            if marker is None:
+                raise TrainingError(
+                    f"{final} already exists and is not an unlearnkit run folder (it has no {MARKER}); unlearnkit "
+                    "never writes into or replaces a folder it did not create: move it away or choose another name "
+                    "(--set name=...) or output_dir."
+                )
+            if marker.get("kind") != "run":
+                raise TrainingError(f"{final} holds an unlearnkit {marker.get('kind')} output, not a run; choose another name.")
+            done = (final / "summary.json").exists()
+            if (done or _checkpoints_of(final)) and not self.overwrite:
+                raise TrainingError(
+                    f"run folder {final} already holds a run; use --resume to continue it, "
+                    "--overwrite to replace it (once the new run has finished), or another name (--set name=...)."
+                )
+        self.run_dir = temp_sibling(final)
+
+    def _prepare_folder(self) -> None:
+        """Main process: clean what killed runs left, then create (or adopt) the folder to write."""
+        final = self.final_dir
+        if self.resume:
+            if self.adopt is not None:
+                os.rename(self.adopt, final)
+                print(f"Continuing the interrupted run left in {self.adopt.name}; it is now {final}.", flush=True)
+                self.run_dir = final
+            remove_leftovers(final)
+            remove_stale_tmp_inside(final)
+            if read_marker(final) is None:
+                write_marker(final, "run", name=self.cfg.name)
+            return
+        remove_leftovers(final, keep=self.run_dir)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.run_dir.mkdir(parents=True)
+        write_marker(self.run_dir, "run", name=self.cfg.name)
+
+    def _finish_folder(self, ok: bool) -> str | None:
+        """Main process, fresh runs: swap the finished folder in, or decide what an unfinished one leaves.
+
+        Returns a sentence for the user when the run did not finish.
+        """
+        final, work = self.final_dir, self.run_dir
+        if self.resume or work == final or not work.exists():
+            return None
+        if ok:
+            swap_in(work, final)
+            self.run_dir = final
+            return None
+        ckpts = _checkpoints_of(work)
+        if ckpts and not final.exists():
+            # Resumable: keep it as the run folder (it has no summary.json, so it does not look finished).
+            swap_in(work, final)
+            self.run_dir = final
+            return f"the run stopped after its checkpoint {ckpts[-1].name} in {final}; continue it with --resume."
+        shutil.rmtree(work, ignore_errors=True)
+        if final.exists():
+            return f"nothing of this run was kept; the earlier run in {final} is unchanged."
+        return "the run stopped before its first checkpoint, so nothing was kept; run it again to start over."
 
     def checkpoints(self) -> list[Path]:
-        root = self.run_dir / "checkpoints"
-        if not root.is_dir():
-            return []
-        return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+        return _checkpoints_of(self.run_dir)
 
     # ------------------------------------------------------------------- run
     def run(self) -> dict:
@@ -252,10 +367,28 @@ class Trainer:
         self._check_run_dir()
         acc = self._accelerator()
         self.acc = acc
-        main = acc.is_main_process
-        if main and self.overwrite and not self.resume and self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
+        if acc.is_main_process:
+            self._prepare_folder()
         acc.wait_for_everyone()
+        if self.adopt is not None:
+            self.run_dir = self.final_dir  # every process: the main one has moved the folder there
+        try:
+            result = self._run()
+        except BaseException as exc:
+            note = self._finish_folder(ok=False) if acc.is_main_process else None
+            if isinstance(exc, KeyboardInterrupt):
+                raise RunInterrupted(f"interrupted; {note or _resume_note(self)}") from None
+            if note:
+                print(f"note: {note}", flush=True)
+            raise
+        if acc.is_main_process:
+            self._finish_folder(ok=True)
+        acc.wait_for_everyone()
+        return result
+
+    def _run(self) -> dict:
+        cfg, acc = self.cfg, self.acc
+        main = acc.is_main_process
         _seed_everything(cfg.seed)
 
         model, tokenizer = load_model(cfg.model, for_training=True)
@@ -263,10 +396,20 @@ class Trainer:
         self.pad_id = pad_id_of(tokenizer)
         data = prepare_data(cfg, tokenizer, self.method_cls)
         self.data = data
-        tok = lambda exs: tokenize_examples(exs, tokenizer, cfg.data.template, cfg.data.max_length,  # noqa: E731
-                                            add_eos=self.method.add_eos)
-        self.forget_tok = tok(data.forget)
-        self.retain_tok = tok(data.retain) if data.retain else []
+        # Over-long examples follow data.truncation: never a prompt cut to a fragment, every cut counted.
+        self.truncation: dict[str, dict] = {}
+
+        def tok(what: str, exs: list[Example]) -> tuple[list[Example], list[TokenizedExample]]:
+            kept, toks, report = tokenize_set(exs, tokenizer, cfg.data.template, cfg.data.max_length,
+                                              truncation=cfg.data.truncation, add_eos=self.method.add_eos, what=what)
+            self.truncation[what.removeprefix("data.")] = report.as_dict()
+            line = report.sentence(what)
+            if line and main:
+                print(line, flush=True)
+            return kept, toks
+
+        data.forget, self.forget_tok = tok("data.forget", data.forget)
+        data.retain, self.retain_tok = tok("data.retain", data.retain) if data.retain else ([], [])
         if cfg.train.epochs is not None:
             # Epochs become an exact step count before the schedule is built; the
             # saved config.yaml records it (epochs: null), so a reload is the same run.
@@ -277,13 +420,12 @@ class Trainer:
             cfg.train = cfg.train.model_copy(update={"max_steps": steps, "epochs": None})
 
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
             if not self.resume or not (self.run_dir / "manifest.json").exists():
                 atomic_write_json(
                     self.run_dir / "manifest.json",
                     manifest(cfg.seed, f"{cfg.model.name} ({describe_source(cfg.model.name)})", data.descriptions,
-                             {"method": cfg.method, "world_size": acc.num_processes,
+                             {"method": cfg.method, "world_size": acc.num_processes, "truncation": self.truncation,
                               "overlap_audit": {"allow_overlap": cfg.data.allow_overlap, **data.audit},
                               "data_files": write_sets(self.run_dir / "data", {**trained_sets(data), **data.heldout})}),
                 )
@@ -348,7 +490,9 @@ class Trainer:
                         break
                 examples.append(Example(self.data.forget[i].prompt, answer))
         local = self._local(list(range(len(examples))))
-        toks = [tokenize_example(examples[j], self.tokenizer, cfg.data.template, cfg.data.max_length) for j in local]
+        # The forget prompt fits (the set was tokenised under data.truncation); a long drawn answer loses its tail.
+        toks = [tokenize_example(examples[j], self.tokenizer, cfg.data.template, cfg.data.max_length,
+                                 truncation="answer_first") for j in local]
         return self._batch(toks)
 
     def _denominator(self, mask: torch.Tensor) -> torch.Tensor:
@@ -426,6 +570,7 @@ class Trainer:
             grad_norm = None
             if cfg.train.max_grad_norm:
                 grad_norm = float(acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm))
+            lr_used = float(self.optimizer.param_groups[0]["lr"])  # the rate of this update, not the next one's
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -433,7 +578,7 @@ class Trainer:
             terms_acc = {k: _mean_across(acc, v) for k, v in terms_acc.items()}
             last_terms = terms_acc
             record = {"step": step, "loss": _mean_across(acc, total_loss), **terms_acc,
-                      "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                      "lr": lr_used, "grad_norm": grad_norm,
                       "elapsed_s": round(time.time() - t0, 3)}
             if main and step % cfg.train.log_every == 0:
                 _append_jsonl(log_path, record)
@@ -481,6 +626,7 @@ class Trainer:
             "eval_before": before,
             "eval_after": after,
             "eval_change": _relative_change(before, after, cfg.seed),
+            "truncation": self.truncation,
             "model_path": None,
         }
         if main:
@@ -488,7 +634,7 @@ class Trainer:
                 as_adapter = cfg.train.save == "adapter" and is_peft(final_model)
                 out = self.run_dir / ("adapter" if as_adapter else "model")
                 save_model(final_model, self.tokenizer, out, merge=not as_adapter)
-                summary["model_path"] = str(out)
+                summary["model_path"] = str(self.final_dir / out.name)
             atomic_write_json(self.run_dir / "summary.json", summary)
             try:
                 plot_losses(log_path, self.run_dir / "loss_curves.png")
@@ -533,9 +679,14 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(trainable_state(acc.unwrap_model(self.model)), str(tmp / "trainable.safetensors"))
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+        # No pickle: tensors in safetensors, everything else in JSON.
+        opt_tensors, opt_meta = optimizer_to_files(self.optimizer.state_dict())
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        atomic_write_json(tmp / "optimizer.json", opt_meta)
+        atomic_write_json(tmp / "scheduler.json", _jsonable(self.scheduler.state_dict(), "scheduler state"))
+        rng_tensors, rng_meta = rng_to_files(capture_rng())
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        atomic_write_json(tmp / "rng.json", rng_meta)
         state = {"step": step, "forget_stream": self.forget_stream.state(),
                  "retain_stream": self.retain_stream.state() if self.retain_stream else None,
                  "eval_before": before}
@@ -545,6 +696,27 @@ class Trainer:
         tmp.rename(final)
         for old in self.checkpoints()[: -self.cfg.train.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def _align_schedule(self, step: int) -> None:
+        """The learning rate of the next step from the schedule this config builds.
+
+        The same max_steps gives back exactly the saved rate. A larger max_steps
+        (``--resume --set train.max_steps=N``) continues on the schedule that now
+        ends at N, instead of the finished schedule's last rate (0 for linear).
+        """
+        sched = self.scheduler
+        lambdas = getattr(sched, "lr_lambdas", None)
+        if not lambdas:
+            return
+        sched.last_epoch = step
+        values = [base * fn(step) for fn, base in zip(lambdas, sched.base_lrs)]
+        old = [g["lr"] for g in self.optimizer.param_groups]
+        for group, value in zip(self.optimizer.param_groups, values):
+            group["lr"] = value
+        sched._last_lr = list(values)
+        if any(not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15) for a, b in zip(old, values)):
+            print(f"--resume: the {self.cfg.train.scheduler} schedule now ends at max_steps={self.cfg.train.max_steps}; "
+                  f"step {step + 1} uses lr {values[0]:.3g} (the checkpoint had {old[0]:.3g}).", flush=True)
 
     def _load_checkpoint(self) -> tuple[int, dict]:
         from safetensors.torch import load_file
@@ -563,11 +735,11 @@ class Trainer:
             params = dict(unwrapped.named_parameters())
             for name, value in weights.items():
                 params[name].copy_(value.to(params[name].device, params[name].dtype))
-        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-        rng = torch.load(ckpt / "rng.pt", weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
+        optimizer_state, scheduler_state, rng = read_checkpoint_states(ckpt)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.scheduler.load_state_dict(scheduler_state)
+        self._align_schedule(int(state["step"]))
+        restore_rng(rng)
         self.forget_stream.load_state(state["forget_stream"])
         if self.retain_stream and state.get("retain_stream"):
             self.retain_stream.load_state(state["retain_stream"])
@@ -579,6 +751,170 @@ class Trainer:
             atomic_write_text(log_path, "".join(k + "\n" for k in kept))
         print(f"Resuming {self.run_dir} from step {step}", flush=True)
         return step, state
+
+
+# --------------------------------------------------------------------------- checkpoint states, without pickle
+
+
+def _jsonable(value, what: str):
+    """``value`` with tuples as lists, checked to survive JSON (a checkpoint holds no pickle)."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"cannot save the {what} as JSON ({exc}).") from None
+
+
+def optimizer_to_files(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state dict as safetensors tensors plus a JSON description."""
+    tensors: dict[str, torch.Tensor] = {}
+    state_meta: dict[str, dict] = {}
+    for pid, pstate in state_dict["state"].items():
+        entry = {}
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                name = f"state.{pid}.{key}"
+                tensors[name] = value.detach().contiguous().cpu()
+                entry[key] = {"tensor": name}
+            else:
+                entry[key] = {"value": value}
+        state_meta[str(pid)] = entry
+    meta = {"state": state_meta, "param_groups": _jsonable(state_dict["param_groups"], "optimizer's parameter groups")}
+    return tensors, _jsonable(meta, "optimizer state")
+
+
+def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state = {}
+    for pid, entry in meta["state"].items():
+        state[int(pid)] = {k: (tensors[v["tensor"]] if "tensor" in v else v["value"]) for k, v in entry.items()}
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def capture_rng() -> dict:
+    """Every random state the loop draws from: torch (CPU and each CUDA device), Python, NumPy."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "cuda": [], "numpy": None}
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    return state
+
+
+def rng_to_files(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """RNG states as uint8/int64 tensors (safetensors) and JSON."""
+    tensors = {"torch": state["torch"].to(torch.uint8).contiguous()}
+    for i, cuda_state in enumerate(state.get("cuda") or []):
+        tensors[f"cuda.{i}"] = cuda_state.to(torch.uint8).contiguous()
+    version, internal, gauss = state["python"]
+    meta = {"python": {"version": version, "state": list(internal), "gauss_next": gauss},
+            "cuda_devices": len(state.get("cuda") or []), "numpy": None}
+    if state.get("numpy") is not None:
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        import numpy as np
+
+        tensors["numpy.keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64).copy())
+        meta["numpy"] = {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return tensors, meta
+
+
+def rng_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    py = meta["python"]
+    state = {"torch": tensors["torch"].to(torch.uint8), "python": (py["version"], tuple(py["state"]), py["gauss_next"]),
+             "cuda": [tensors[f"cuda.{i}"].to(torch.uint8) for i in range(int(meta.get("cuda_devices", 0)))],
+             "numpy": None}
+    if meta.get("numpy") is not None:
+        import numpy as np
+
+        n = meta["numpy"]
+        state["numpy"] = (n["kind"], tensors["numpy.keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                          n["cached_gaussian"])
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    cuda_states = state.get("cuda") or []
+    if cuda_states:
+        if torch.cuda.is_available() and torch.cuda.device_count() == len(cuda_states):
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            print(f"warning: the checkpoint holds the random state of {len(cuda_states)} CUDA device(s) and this "
+                  f"machine has {torch.cuda.device_count() if torch.cuda.is_available() else 0}; the GPU random "
+                  "numbers (dropout) will differ from an uninterrupted run.", flush=True)
+    if state.get("numpy") is not None:
+        try:
+            import numpy as np
+
+            np.random.set_state(state["numpy"])
+        except ImportError:
+            pass
+
+
+def _safe_torch_load(path: Path):
+    """A legacy ``.pt`` state: tensors and plain values only (torch refuses anything that would run code)."""
+    import pickle
+
+    if not path.is_file():
+        raise TrainingError(f"--resume: the checkpoint {path.parent} is incomplete ({path.name} is missing).")
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(
+            f"--resume: {path} is a pickle that holds more than tensors and plain values, so it is not loaded "
+            f"(unpickling it could run code): {reason}. Start the run again without --resume."
+        ) from None
+
+
+def read_checkpoint_states(ckpt: Path) -> tuple[dict, dict, dict]:
+    """(optimizer, scheduler, rng) states of a checkpoint, from safetensors and JSON.
+
+    A checkpoint of an older unlearnkit (``*.pt`` files) is read with torch's
+    ``weights_only`` loader, which refuses any pickle that would run code.
+    """
+    from safetensors.torch import load_file
+
+    if (ckpt / "optimizer.safetensors").is_file():
+        optimizer_state = optimizer_from_files(load_file(str(ckpt / "optimizer.safetensors")),
+                                               json.loads((ckpt / "optimizer.json").read_text()))
+    else:
+        optimizer_state = _safe_torch_load(ckpt / "optimizer.pt")
+    if (ckpt / "scheduler.json").is_file():
+        scheduler_state = json.loads((ckpt / "scheduler.json").read_text())
+    else:
+        scheduler_state = _safe_torch_load(ckpt / "scheduler.pt")
+    if (ckpt / "rng.safetensors").is_file():
+        rng = rng_from_files(load_file(str(ckpt / "rng.safetensors")), json.loads((ckpt / "rng.json").read_text()))
+    else:
+        legacy = _safe_torch_load(ckpt / "rng.pt")
+        if not isinstance(legacy, dict) or "torch" not in legacy or "python" not in legacy:
+            raise TrainingError(f"--resume: {ckpt / 'rng.pt'} does not hold the random state of a checkpoint.")
+        rng = {"torch": legacy["torch"], "python": tuple(legacy["python"]), "cuda": [], "numpy": None}
+    return optimizer_state, scheduler_state, rng
+
+
+def resumable_leftover(run_dir: Path) -> Path | None:
+    """The temporary folder of a killed fresh run of ``run_dir`` that holds a checkpoint (the latest), if any."""
+    candidates = [p for p in leftovers(run_dir) if TMP_TAG in p.name and _checkpoints_of(p)]
+    return max(candidates, key=lambda p: _checkpoints_of(p)[-1].name) if candidates else None
+
+
+def _checkpoints_of(folder: Path) -> list[Path]:
+    root = Path(folder) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def _resume_note(trainer: "Trainer") -> str:
+    ckpts = _checkpoints_of(trainer.run_dir)
+    if ckpts:
+        return f"continue it with --resume from its checkpoint {ckpts[-1].name}."
+    return "no checkpoint was written, so nothing can be resumed."
 
 
 def _all_true(acc, flag: bool) -> bool:

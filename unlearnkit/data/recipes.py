@@ -3,7 +3,9 @@
 Each recipe accepts both the schema of the files in ``shared/data`` and the schema
 of the same data set on the Hugging Face Hub, so a config works offline with a
 local copy and online with the hub name. Recipes never drop a row silently: a row
-missing a required key is an error naming the row.
+missing a required key, or holding null or (for a text that is trained or
+evaluated) an empty string, is an error naming the row (counted from 1), the key
+and the value.
 
 Every recipe takes a keyword-only ``source`` (a file or hub name) used only to say
 where a bad row comes from.
@@ -23,23 +25,33 @@ from unlearnkit.errors import DataError
 # --------------------------------------------------------------------------- helpers
 
 
+def _row(index: int, source: str) -> str:
+    """Where a row is, for messages: rows are counted from 1, like lines."""
+    return f"row {index + 1} (counting from 1) of {source}"
+
+
 def _field(row: dict, key: str, index: int, recipe: str, source: str) -> Any:
-    if key not in row or row[key] is None:
+    if key not in row:
         raise DataError(
-            f"{recipe}: row {index} of {source} has no {key!r} "
+            f"{recipe}: {_row(index, source)} has no {key!r} "
             f"(keys found: {', '.join(map(str, row)) or 'none'})."
         )
+    if row[key] is None:
+        raise DataError(f"{recipe}: {_row(index, source)} has {key!r} = null; give it a value or remove the row.")
     return row[key]
 
 
-def _text(row: dict, key: str, index: int, recipe: str, source: str) -> str:
+def _text(row: dict, key: str, index: int, recipe: str, source: str, allow_empty: bool = True) -> str:
     value = _field(row, key, index, recipe, source)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # a numeric cell in a JSON file is still usable text
     if not isinstance(value, str):
         raise DataError(
-            f"{recipe}: row {index} of {source} has {key!r} of type {type(value).__name__}, expected text."
+            f"{recipe}: {_row(index, source)} has {key!r} of type {type(value).__name__}, expected text."
         )
+    if not allow_empty and not value.strip():
+        raise DataError(f"{recipe}: {_row(index, source)} has an empty {key!r} ({value!r}); an empty text would be "
+                        "trained or evaluated as nothing: fill it in or remove the row.")
     return value
 
 
@@ -53,7 +65,7 @@ def _flag(row: dict, key: str, index: int, recipe: str, source: str) -> bool:
         return True
     if text in ("false", "0", "no"):
         return False
-    raise DataError(f"{recipe}: row {index} of {source} has {key!r} = {value!r}, expected true or false.")
+    raise DataError(f"{recipe}: {_row(index, source)} has {key!r} = {value!r}, expected true or false.")
 
 
 def _answer_list(value: Any, key: str, index: int, recipe: str, source: str) -> list[str]:
@@ -67,7 +79,7 @@ def _answer_list(value: Any, key: str, index: int, recipe: str, source: str) -> 
         parts = list(value)
     else:
         raise DataError(
-            f"{recipe}: row {index} of {source} has {key!r} of type {type(value).__name__}, "
+            f"{recipe}: {_row(index, source)} has {key!r} of type {type(value).__name__}, "
             "expected a list or a '; '-separated string."
         )
     return [str(p).strip() for p in parts if str(p).strip()]
@@ -96,11 +108,11 @@ def pku_saferlhf(rows: list[dict], subset: str = "unsafe", *, source: str = "the
         raise DataError(f"pku_saferlhf: subset must be 'unsafe', 'safe' or 'both', not {subset!r}.")
     out: list[Example] = []
     for i, row in enumerate(rows):
-        prompt = _text(row, "prompt", i, "pku_saferlhf", source)
+        prompt = _text(row, "prompt", i, "pku_saferlhf", source, allow_empty=False)
         if "response_0" in row or "is_response_0_safe" in row:
             labelled = [
                 (
-                    _text(row, f"response_{k}", i, "pku_saferlhf", source),
+                    _text(row, f"response_{k}", i, "pku_saferlhf", source, allow_empty=False),
                     _flag(row, f"is_response_{k}_safe", i, "pku_saferlhf", source),
                 )
                 for k in (0, 1)
@@ -109,11 +121,19 @@ def pku_saferlhf(rows: list[dict], subset: str = "unsafe", *, source: str = "the
             pair = _field(row, "response", i, "pku_saferlhf", source)
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise DataError(
-                    f"pku_saferlhf: row {i} of {source} has 'response' = {str(pair)[:60]!r}, "
+                    f"pku_saferlhf: {_row(i, source)} has 'response' = {str(pair)[:60]!r}, "
                     "expected a list [safe_response, unsafe_response]."
                 )
-            if not all(isinstance(r, str) for r in pair):
-                raise DataError(f"pku_saferlhf: row {i} of {source} has a non-text item in 'response'.")
+            for k, r in enumerate(pair):
+                if r is None:
+                    raise DataError(f"pku_saferlhf: {_row(i, source)} has 'response'[{k}] = null; "
+                                    "give it a value or remove the row.")
+                if not isinstance(r, str):
+                    raise DataError(f"pku_saferlhf: {_row(i, source)} has a non-text item in 'response' "
+                                    f"('response'[{k}] of type {type(r).__name__}).")
+                if not r.strip():
+                    raise DataError(f"pku_saferlhf: {_row(i, source)} has an empty 'response'[{k}] ({r!r}); an empty "
+                                    "answer would be trained as nothing: fill it in or remove the row.")
             labelled = [(pair[0], True), (pair[1], False)]
         for response, safe in labelled:
             if subset == "both" or (subset == "safe") == safe:
@@ -134,10 +154,17 @@ def _tqa_get(row: dict, names: Sequence[str], index: int, recipe: str, source: s
     key = _pick(row, names)
     if key is None:
         raise DataError(
-            f"{recipe}: row {index} of {source} has no {' / '.join(repr(n) for n in names)} "
+            f"{recipe}: {_row(index, source)} has no {' / '.join(repr(n) for n in names)} "
             f"(keys found: {', '.join(map(str, row)) or 'none'})."
         )
     return _field(row, key, index, recipe, source)
+
+
+def _nonempty(value: Any, what: str, index: int, recipe: str, source: str) -> str:
+    text = str(value)
+    if not text.strip():
+        raise DataError(f"{recipe}: {_row(index, source)} has an empty {what}; fill it in or remove the row.")
+    return text
 
 
 def truthfulqa(rows: list[dict], answers: str = "best", *, source: str = "the data") -> list[Example]:
@@ -153,10 +180,11 @@ def truthfulqa(rows: list[dict], answers: str = "best", *, source: str = "the da
         raise DataError(f"truthfulqa: answers must be 'best' or 'correct', not {answers!r}.")
     out: list[Example] = []
     for i, row in enumerate(rows):
-        question = str(_tqa_get(row, _TQA_QUESTION, i, "truthfulqa", source))
+        question = _nonempty(_tqa_get(row, _TQA_QUESTION, i, "truthfulqa", source), "question", i, "truthfulqa", source)
         meta = {"row": i, "category": str(row.get("Category", row.get("category", "")) or "")}
         if answers == "best":
-            out.append(Example(question, str(_tqa_get(row, _TQA_BEST, i, "truthfulqa", source)), dict(meta)))
+            best = _nonempty(_tqa_get(row, _TQA_BEST, i, "truthfulqa", source), "best answer", i, "truthfulqa", source)
+            out.append(Example(question, best, dict(meta)))
         else:
             key = _pick(row, _TQA_CORRECT) or _TQA_CORRECT[0]
             for answer in _answer_list(_tqa_get(row, _TQA_CORRECT, i, "truthfulqa", source), key, i, "truthfulqa", source):
@@ -202,11 +230,11 @@ def truthfulqa_mc(rows: list[dict], kind: str = "mc1", *, source: str = "the dat
             labels = [1] * len(true) + [0] * len(incorrect)
         if not any(labels) or all(labels):
             raise DataError(
-                f"truthfulqa_mc: row {i} of {source} gives {kind} choices with no "
+                f"truthfulqa_mc: {_row(i, source)} gives {kind} choices with no "
                 f"{'true' if not any(labels) else 'false'} answer; a multiple-choice item needs both."
             )
         if kind == "mc1" and sum(labels) != 1:
-            raise DataError(f"truthfulqa_mc: row {i} of {source} has {sum(labels)} true mc1 choices, expected exactly 1.")
+            raise DataError(f"truthfulqa_mc: {_row(i, source)} has {sum(labels)} true mc1 choices, expected exactly 1.")
         out.append(MCItem(question, tuple(choices), tuple(labels)))
     return out
 
@@ -219,13 +247,13 @@ def _targets(value: Any, key: str, index: int, source: str) -> tuple[list[str], 
             pass
     if not isinstance(value, dict) or "choices" not in value or "labels" not in value:
         raise DataError(
-            f"truthfulqa_mc: row {index} of {source} has {key!r} = {str(value)[:60]!r}, "
+            f"truthfulqa_mc: {_row(index, source)} has {key!r} = {str(value)[:60]!r}, "
             "expected {'choices': [...], 'labels': [...]}."
         )
     choices, labels = list(value["choices"]), [int(x) for x in value["labels"]]
     if len(choices) != len(labels) or any(x not in (0, 1) for x in labels):
         raise DataError(
-            f"truthfulqa_mc: row {index} of {source} has {key!r} with {len(choices)} choices and "
+            f"truthfulqa_mc: {_row(index, source)} has {key!r} with {len(choices)} choices and "
             f"labels {labels}; expected one 0/1 label per choice."
         )
     return [str(c) for c in choices], labels
@@ -364,15 +392,28 @@ PROMPT_COLUMNS: tuple[str, ...] = ("goal", "forbidden_prompt", "Behavior", "prom
 _CATEGORY_COLUMNS = ("category", "SemanticCategory")
 
 
+def prompt_lines(text: str) -> list[str]:
+    """The prompts of a ``.txt`` prompt file: one a line; blank lines and ``#`` comment lines skipped."""
+    lines = [line.strip() for line in text.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _is_text_file(rows: list[dict], source: str) -> bool:
+    return str(source).lower().endswith(".txt") and len(rows) == 1 and set(rows[0]) == {"text"}
+
+
 def prompts(rows: list[dict], column: str | None = None, *, source: str = "the data") -> list[Example]:
     """A list of prompts (response ""), for generation and refusal checks.
 
-    ``column`` defaults to the first of ``goal`` (AdvBench), ``forbidden_prompt``
+    A ``.txt`` file holds one prompt a line (blank and ``#`` lines skipped), in
+    every command. Otherwise ``column`` defaults to the first of ``goal`` (AdvBench), ``forbidden_prompt``
     (StrongREJECT), ``Behavior`` (HarmBench), ``prompt`` (BeaverTails), ``question``
     found. A HarmBench contextual behaviour (non-empty ``ContextString``) is put
     after its context, as HarmBench itself prompts it. meta: ``{"row": index}``
     plus ``"category"`` when the file has one.
     """
+    if _is_text_file(rows, source) and column in (None, "text"):
+        return [Example(p, "", {"row": i}) for i, p in enumerate(prompt_lines(rows[0]["text"] or ""))]
     columns = row_keys(rows)
     if column is None:
         column = next((c for c in PROMPT_COLUMNS if c in columns), None)
@@ -387,7 +428,7 @@ def prompts(rows: list[dict], column: str | None = None, *, source: str = "the d
         )
     out: list[Example] = []
     for i, row in enumerate(rows):
-        prompt = _text(row, column, i, "prompts", source)
+        prompt = _text(row, column, i, "prompts", source, allow_empty=False)
         context = row.get("ContextString") if column == "Behavior" else None
         if isinstance(context, str) and context.strip():
             prompt = f"{context}\n\n---\n\n{prompt}"
@@ -397,6 +438,18 @@ def prompts(rows: list[dict], column: str | None = None, *, source: str = "the d
             meta["category"] = row[category_key]
         out.append(Example(prompt, "", meta))
     return out
+
+
+def read_prompt_file(path, column: str | None = None) -> list[str]:
+    """The prompts of a file, as every command reads them: ``.txt`` one a line, else the ``prompts`` recipe."""
+    from pathlib import Path
+
+    from unlearnkit.data.sources import load_rows
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"prompt file {path} does not exist.")
+    return [ex.prompt.strip() for ex in prompts(load_rows(str(path)), column, source=str(path))]
 
 
 # --------------------------------------------------------------------------- the user's own files
@@ -414,8 +467,8 @@ def generic(
             )
     return [
         Example(
-            _text(row, prompt_field, i, "generic", source),
-            _text(row, response_field, i, "generic", source),
+            _text(row, prompt_field, i, "generic", source, allow_empty=False),
+            _text(row, response_field, i, "generic", source, allow_empty=False),
             {"row": i},
         )
         for i, row in enumerate(rows)

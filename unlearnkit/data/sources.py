@@ -123,7 +123,8 @@ def _read_json(path: Path) -> list[dict]:
         raise DataError(f"{path} holds a JSON {type(data).__name__}; expected a list of objects.")
     for i, row in enumerate(data):
         if not isinstance(row, dict):
-            raise DataError(f"{path} item {i} is a JSON {type(row).__name__}, not an object with named fields.")
+            raise DataError(f"{path} item {i + 1} (counting from 1) is a JSON {type(row).__name__}, not an object "
+                            "with named fields.")
     return data
 
 

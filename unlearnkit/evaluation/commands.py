@@ -41,6 +41,69 @@ def eval_options(config_options: dict | None, overrides: list[str], limit: int |
         raise ConfigError(f"invalid eval option: {detail}") from None
 
 
+# A run folder's saved results: their evaluation is named after the run, not "model".
+_RUN_OUTPUTS = ("model", "adapter", "harmful", "harmful_adapter")
+
+
+def default_eval_dir(model: str) -> Path:
+    """``eval/NAME`` with NAME unique per evaluated model: ``runs/x/model`` -> ``eval/x``,
+    ``runs/x/adapter`` -> ``eval/x-adapter``, a hub id ``org/name`` -> ``eval/org--name``."""
+    p = Path(model).expanduser()
+    if p.exists():
+        p = p.resolve()
+        if p.name in _RUN_OUTPUTS and p.parent.name:
+            name = p.parent.name if p.name == "model" else f"{p.parent.name}-{p.name}"
+        else:
+            name = p.name
+    else:
+        name = str(model).strip("/").replace("/", "--")
+    return Path("eval") / (name or "model")
+
+
+def check_eval_out(out: Path, model: str, overwrite: bool, run_folder: bool = False) -> bool:
+    """Whether ``out`` is a new folder; an error where writing there could lose something.
+
+    An existing evaluation is replaced only with ``--overwrite`` (and only one
+    unlearnkit wrote); a non-empty folder unlearnkit did not make is refused; the
+    evaluated model's own folder is never written into.
+    """
+    from unlearnkit.evaluation.report import EVAL_JSON, EVAL_MD
+    from unlearnkit.evaluation.suite import EVAL_FORMAT
+    from unlearnkit.rundir import MARKER, read_marker
+
+    if out.exists() and not out.is_dir():
+        raise UnlearnkitError(f"--out {out} is a file; eval writes a folder (eval.json, eval.md): give a folder path.")
+    model_path = Path(model).expanduser()
+    if model_path.is_dir() and not run_folder:
+        try:
+            out.resolve().relative_to(model_path.resolve())
+        except ValueError:
+            pass
+        else:
+            raise UnlearnkitError(f"refusing to write the evaluation into {out}, inside the evaluated model {model_path}; "
+                                  "choose another --out.")
+    if not out.exists() or not any(out.iterdir()):
+        return True
+    existing = out / EVAL_JSON
+    if existing.is_file() or (out / EVAL_MD).is_file():
+        try:
+            import json
+
+            made = json.loads(existing.read_text()).get("format") == EVAL_FORMAT
+        except (OSError, ValueError, AttributeError):
+            made = False
+        if not made:
+            raise UnlearnkitError(f"{out} holds an {EVAL_JSON} or {EVAL_MD} that unlearnkit did not write; it is never "
+                                  "replaced: choose another --out.")
+        if not overwrite:
+            raise UnlearnkitError(f"{out} already holds an evaluation; pass --overwrite to replace it, or choose "
+                                  "another --out.")
+        return False
+    if read_marker(out) is None and not run_folder:  # a run config's own folder may predate the marker
+        raise UnlearnkitError(f"{out} is a folder unlearnkit did not make (no {MARKER}); choose another --out.")
+    return False
+
+
 def cmd_eval(args) -> int:
     from unlearnkit.evaluation.report import flatten_metrics, markdown_table, write_report
     from unlearnkit.evaluation.suite import run_eval
@@ -75,9 +138,14 @@ def cmd_eval(args) -> int:
         raise UnlearnkitError("give a model to evaluate: --model NAME_OR_PATH (or a run CONFIG).")
 
     suites = [s.strip() for s in args.suite.split(",") if s.strip()] if args.suite else None
-    out = Path(args.out) if args.out else (cfg.run_dir if cfg is not None else Path("eval") / Path(model).name)
+    out = Path(args.out) if args.out else (cfg.run_dir if cfg is not None else default_eval_dir(model))
+    fresh = check_eval_out(out, model, overwrite=args.overwrite, run_folder=cfg is not None and out == cfg.run_dir)
     result = run_eval(model, suites, options, original=original, run_config=cfg)
     json_path, md_path = write_report(result, out)
+    if fresh:
+        from unlearnkit.rundir import write_marker
+
+        write_marker(out, "eval", model=str(model))
     for suite, res in result["results"].items():
         print(f"\n{suite}")
         print(markdown_table(["metric", "value"], [[k, v] for k, v in flatten_metrics(res).items()]), end="")
@@ -210,7 +278,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--original", help="the original model (needed by the normal suite)")
     p.add_argument("--suite", help=f"comma-separated suites from {','.join(SUITES)} (default: harm,truthfulqa,"
                    "perplexity; plus normal with an original model, memorisation for a book run)")
-    p.add_argument("--out", help="output folder (default: the run folder, else eval/MODEL)")
+    p.add_argument("--out", help="output folder (default: the run folder, else eval/NAME, NAME after the model: "
+                   "runs/x/model -> eval/x)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in the output folder")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N items per set (a quick look)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

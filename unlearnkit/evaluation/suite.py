@@ -458,6 +458,47 @@ def _trained_content(run_config, trained_on, tokenizer):
     return content
 
 
+# The data options each suite reads (harm: at least one of the two).
+SUITE_DATA: dict[str, tuple[str, ...]] = {
+    "harm": ("forget_prompts", "unseen_prompts"),
+    "normal": ("normal_prompts",),
+    "truthfulqa": ("truthfulqa",),
+    "perplexity": ("perplexity_texts",),
+    "memorisation": ("memorisation_pairs",),
+}
+
+
+def check_suite_data(suites: list[str], options: EvalOptions) -> None:
+    """Every data set the chosen suites need is set and, when local, exists: checked before any suite runs.
+
+    The defaults point at ``../shared/data`` (the layout of unlearnkit's own
+    checkout); elsewhere the error names the option to set.
+    """
+    defaults = EvalOptions()
+    for suite in suites:
+        names = SUITE_DATA.get(suite, ())
+        given = [n for n in names if getattr(options, n) is not None]
+        if names and not given:
+            keys = " or ".join(f"--set {n}.spec=RECIPE:PATH" for n in names)
+            raise ConfigError(f"the {suite} suite has no data: {' and '.join(names)} {'are' if len(names) > 1 else 'is'} "
+                              f"null; give {keys}, or leave the suite out with --suite.")
+        for name in given:
+            src = getattr(options, name)
+            _, location = parse_spec(src.spec)
+            p = Path(location).expanduser()
+            looks_local = p.suffix.lower() in {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"} or location.startswith(
+                (".", "/", "~"))
+            if looks_local and not p.exists():
+                default = getattr(defaults, name)
+                why = (f" (the default, which expects unlearnkit's checkout layout with {SHARED} beside the working "
+                       "directory)" if default is not None and default.spec == src.spec else "")
+                raise DataError(
+                    f"{name}: no such file: {location}{why}; give yours with --set {name}.spec=RECIPE:PATH "
+                    f"(eval.suite.{name} in a run config), turn it off with --set {name}=null, or leave the {suite} "
+                    "suite out with --suite."
+                )
+
+
 def run_eval(
     model,
     suites: list[str] | None = None,
@@ -499,6 +540,7 @@ def run_eval(
     suites = list(dict.fromkeys(suites))  # no suite twice
     if "normal" in suites and original is None:
         raise ConfigError("the normal suite compares answers with the original model's; give the original model (--original).")
+    check_suite_data(suites, options)
     base_cfg = run_config.model if run_config is not None else None
 
     t_start = time.time()
