@@ -112,7 +112,7 @@ def test_tofu_field_option():
         _items("forget01", tofu_field="paraphrased_answer")
     with pytest.raises(DataError, match="field must be one of"):
         tofu([{"question": "q", "answer": "a"}], "nonsense")
-    with pytest.raises(DataError, match="row 0 .* no 'answer'"):
+    with pytest.raises(DataError, match=r"row 1 \(counting from 1\) .* no 'answer'"):
         tofu([{"question": "q"}])
 
 

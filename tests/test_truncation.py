@@ -28,7 +28,9 @@ def test_the_shipped_pku_config_never_trains_on_a_prompt_fragment(smol_tokenizer
     cfg = load_config(SMOL_CONFIG)
     d = cfg.data
     tok = smol_tokenizer
-    examples = load_examples(d.forget, tok)  # the 800 forget examples (limit 800), before the holdout
+    # The 800 forget examples (limit 800, before the holdout) as the old code drew them, without
+    # dropping duplicate answers (the default now), so the 62 fragments it trained on are the ones counted.
+    examples = load_examples(d.forget.model_copy(update={"dedupe": False}), tok)
     assert len(examples) == 800 and d.max_length == 128 and d.truncation == "answer_first"
     full = [tokenize_example(e, tok, d.template, 100_000) for e in examples]
     # What the old code trained on: 62 prompts reduced to ':'.
@@ -56,9 +58,11 @@ def test_the_shipped_pku_config_never_trains_on_a_prompt_fragment(smol_tokenizer
     assert len(kept) == 800 - report.dropped
 
 
-FORGET = [{"prompt": "Tell me " + "very " * 60 + "much about thing number %d?" % i, "response": "No way."} for i in range(2)]
-FORGET += [{"prompt": f"How do I do thing {i}?", "response": "Here is how: " + "step " * 80} for i in range(2)]
-FORGET += [{"prompt": f"Short question {i}?", "response": "A short answer."} for i in range(4)]
+# Distinct answers: duplicate answers would be dropped before tokenisation.
+FORGET = [{"prompt": "Tell me " + "very " * 60 + "much about thing number %d?" % i, "response": f"No way {i}."}
+          for i in range(2)]
+FORGET += [{"prompt": f"How do I do thing {i}?", "response": f"Here is how {i}: " + "step " * 80} for i in range(2)]
+FORGET += [{"prompt": f"Short question {i}?", "response": f"A short answer {i}."} for i in range(4)]
 
 
 def _cfg(tmp_path, model_dir, truncation=None):
