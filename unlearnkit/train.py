@@ -23,7 +23,7 @@ import torch
 
 from unlearnkit.config import RunConfig, dump_config
 from unlearnkit.data.spec import DataSourceConfig, describe, load_examples, parse_spec, split_holdout
-from unlearnkit.data.tokenize import BatchStream, TokenizedExample, collate, pad_id_of, tokenize_example, tokenize_examples
+from unlearnkit.data.tokenize import IGNORE_INDEX, BatchStream, TokenizedExample, collate, pad_id_of, tokenize_example, tokenize_examples
 from unlearnkit.data.types import Example
 from unlearnkit.errors import ConfigError, TrainingError
 from unlearnkit.losses import AnswerLogits, answer_logits
@@ -309,16 +309,35 @@ class Trainer:
         # Each process takes its share of the global batch.
         return indices[self.acc.process_index :: self.acc.num_processes]
 
-    def _batch(self, items: list[TokenizedExample]) -> dict:
+    def _batch(self, items: list[TokenizedExample], filler: TokenizedExample | None = None) -> dict:
+        """A padded batch on the device.
+
+        A process whose share of a global batch is empty (the last, short batch
+        of an epoch: 5 examples, batch 2, 2 processes) gets ``filler`` with every
+        label masked: it adds no answer token and no gradient, but it runs the
+        same forward and backward passes, so the gradient all-reduce still meets
+        every process.
+        """
+        if not items and filler is not None:
+            items = [TokenizedExample(list(filler.input_ids), [IGNORE_INDEX] * len(filler.input_ids))]
         return {k: v.to(self.acc.device) for k, v in collate(items, self.pad_id).items()}
 
     def _random_batch(self, forget_idx: list[int], step: int, micro: int) -> dict:
-        """Forget questions, each paired with ``num_random`` answers that are not its own."""
+        """Forget questions, each paired with ``num_random`` answers that are not its own.
+
+        The answers drawn for a question depend on the step and the question (and
+        how often it already came up in this step), not on how the step is split
+        into micro-batches or processes: every split trains on the same pairs.
+        """
         cfg = self.cfg
-        rng = random.Random(f"{cfg.seed}:random:{step}:{micro}")
+        if micro == 0 or not hasattr(self, "_random_seen"):
+            self._random_seen: dict[int, int] = {}
         pool = self.data.random_pool
         examples = []
         for i in forget_idx:
+            occurrence = self._random_seen.get(i, 0)
+            self._random_seen[i] = occurrence + 1
+            rng = random.Random(f"{cfg.seed}:random:{step}:{i}:{occurrence}")
             own = self.data.forget[i].response
             for _ in range(self.method.num_random):
                 for _attempt in range(16):
@@ -326,11 +345,12 @@ class Trainer:
                     if answer != own:
                         break
                 examples.append(Example(self.data.forget[i].prompt, answer))
-        local = self._local(list(range(len(examples))))
-        toks = [tokenize_example(examples[j], self.tokenizer, cfg.data.template, cfg.data.max_length) for j in local]
-        return self._batch(toks)
+        tok = lambda e: tokenize_example(e, self.tokenizer, cfg.data.template, cfg.data.max_length)  # noqa: E731
+        local = [tok(examples[j]) for j in self._local(list(range(len(examples))))]
+        return self._batch(local, filler=None if local else tok(examples[0]))
 
     def _denominator(self, mask: torch.Tensor) -> torch.Tensor:
+        # For batches without an attached normaliser (not built by the loop).
         count = mask.sum().to(torch.float32)
         if self.acc.num_processes == 1:
             return count
@@ -342,13 +362,79 @@ class Trainer:
         forget_idx = next(self.forget_stream)
         batches = {}
         if "forget" in needs:
-            batches["forget"] = self._batch([self.forget_tok[i] for i in self._local(forget_idx)])
+            batches["forget"] = self._batch([self.forget_tok[i] for i in self._local(forget_idx)],
+                                            filler=self.forget_tok[forget_idx[0]])
         if "retain" in needs:
             retain_idx = next(self.retain_stream)
-            batches["retain"] = self._batch([self.retain_tok[i] for i in self._local(retain_idx)])
+            batches["retain"] = self._batch([self.retain_tok[i] for i in self._local(retain_idx)],
+                                            filler=self.retain_tok[retain_idx[0]])
         if "random" in needs:
             batches["random"] = self._random_batch(forget_idx, step, micro)
         return batches
+
+    def _attach_normalisers(self, micro_batches: list[dict[str, dict]]) -> None:
+        """Give each batch the normaliser of its kind over the whole optimizer step.
+
+        The answer tokens of each kind (forget, retain, random) are counted over
+        every micro-batch and every process; each part divides by that count over
+        ``micro-batches x processes`` (see :mod:`unlearnkit.losses`).
+        """
+        kinds = sorted({k for batches in micro_batches for k in batches})
+        if not kinds:
+            return
+        counts = [float(sum(int((b[k]["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)) for k in kinds]
+        world = self.acc.num_processes
+        local = torch.tensor(counts, dtype=torch.float64 if self.acc.device.type == "cpu" else torch.float32,
+                             device=self.acc.device)
+        total = self.acc.reduce(local, reduction="sum") if world > 1 else local
+        parts = len(micro_batches) * world
+        for batches in micro_batches:
+            for j, k in enumerate(kinds):
+                batches[k]["normaliser"] = (total[j] / parts).to(torch.float32)
+
+    def _global_stats(self, ctx_args: dict, micro_batches: list[dict[str, dict]]) -> dict[str, float]:
+        """The step-wide values of the method's hinge / clamp statistics (one pass without gradient)."""
+        sums: dict[str, float] = {}
+        with torch.no_grad():
+            for batches in micro_batches:
+                with self.acc.autocast():
+                    stats = self.method.global_stats(LossContext(**ctx_args), batches)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+        parts = len(micro_batches) * self.acc.num_processes
+        return {k: _sum_across(self.acc, v) / parts for k, v in sorted(sums.items())}
+
+    def _forward_backward(self, step: int, micro_batches: list[dict[str, dict]]):
+        """Every micro-batch's loss and backward pass; returns (finite, loss, terms).
+
+        Whether a loss is finite is agreed by all processes BEFORE its backward
+        pass, so a NaN on one process stops every process at the same point
+        (none is left waiting in a gradient all-reduce).
+        """
+        acc, model = self.acc, self.model
+        ga = len(micro_batches)
+        unwrapped = acc.unwrap_model(model)
+        ctx_args = dict(model=model, denominator=self._denominator,
+                        reference=(lambda b: self.reference(unwrapped, b)) if self.reference else None, step=step)
+        self._attach_normalisers(micro_batches)
+        extras: dict = {}
+        if self.method.needs_global_stats and ga * acc.num_processes > 1:
+            extras["global"] = self._global_stats(ctx_args, micro_batches)
+        terms_acc: dict[str, float] = {}
+        total_loss = 0.0
+        for micro, batches in enumerate(micro_batches):
+            ctx = LossContext(**ctx_args, extras=extras)
+            sync = acc.no_sync(model) if (micro < ga - 1 and acc.num_processes > 1) else nullcontext()
+            with sync:
+                with acc.autocast():
+                    loss, terms = self.method.loss(ctx, batches)
+                if not _all_true(acc, bool(torch.isfinite(loss.detach()).all())):
+                    return False, float(loss.item()), dict(terms)
+                acc.backward(loss / ga)
+            total_loss += float(loss.item()) / ga
+            for k, v in terms.items():
+                terms_acc[k] = terms_acc.get(k, 0.0) + v / ga
+        return True, total_loss, terms_acc
 
     # -------------------------------------------------------------------- loop
     def _loop(self, start_step: int, before: dict | None) -> dict:
@@ -368,33 +454,13 @@ class Trainer:
         t0 = time.time()
         tokens_seen = 0
         last_terms: dict[str, float] = {}
-        unwrapped = acc.unwrap_model(model)
         while step < cfg.train.max_steps:
-            terms_acc: dict[str, float] = {}
-            total_loss = 0.0
-            finite = True
-            for micro in range(ga):
-                batches = self._step_batches(step, micro)
-                tokens_seen += sum(int(b["attention_mask"].sum()) for b in batches.values())
-                ctx = LossContext(
-                    model=model,
-                    denominator=self._denominator,
-                    reference=(lambda b: self.reference(unwrapped, b)) if self.reference else None,
-                    step=step,
-                )
-                sync = acc.no_sync(model) if (micro < ga - 1 and acc.num_processes > 1) else nullcontext()
-                with sync, acc.autocast():
-                    loss, terms = self.method.loss(ctx, batches)
-                if not torch.isfinite(loss):
-                    finite = False
-                    terms_acc = {k: v for k, v in terms.items()}
-                    total_loss = float(loss.item())
-                    break
-                acc.backward(loss / ga)
-                total_loss += float(loss.item()) / ga
-                for k, v in terms.items():
-                    terms_acc[k] = terms_acc.get(k, 0.0) + v / ga
-            finite = bool(_all_true(acc, finite))
+            micro_batches = [self._step_batches(step, micro) for micro in range(ga)]
+            for batches in micro_batches:
+                # Tokens of the rows that carry answer labels (a process's masked filler row is not data).
+                tokens_seen += sum(int(b["attention_mask"][(b["labels"] != IGNORE_INDEX).any(dim=1)].sum())
+                                   for b in batches.values())
+            finite, total_loss, terms_acc = self._forward_backward(step, micro_batches)
             if not finite:
                 self.optimizer.zero_grad(set_to_none=True)
                 status, reason = "stopped", f"non-finite loss ({total_loss}) at step {step + 1}; the update was not applied"
@@ -562,6 +628,13 @@ def _all_true(acc, flag: bool) -> bool:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
     return bool(acc.reduce(t, reduction="sum").item() == acc.num_processes)
+
+
+def _sum_across(acc, value: float) -> float:
+    if acc.num_processes == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64 if acc.device.type == "cpu" else torch.float32, device=acc.device)
+    return float(acc.reduce(t, reduction="sum").item())
 
 
 def _mean_across(acc, value: float) -> float:

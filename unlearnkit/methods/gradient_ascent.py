@@ -25,7 +25,7 @@ from unlearnkit.methods.base import LossContext, Method, MethodParams
 
 def _forget_terms(ctx: LossContext, batch: dict) -> torch.Tensor:
     al = ctx.logits(batch)
-    return mean_nll(al, ctx.denominator(al.mask))
+    return mean_nll(al, ctx.normaliser(batch, al.mask))
 
 
 class GAParams(MethodParams):
@@ -61,7 +61,7 @@ class GradientDifference(Method):
         p = self.params
         forget_nll = _forget_terms(ctx, batches["forget"])
         retain_al = ctx.logits(batches["retain"])
-        retain_nll = mean_nll(retain_al, ctx.denominator(retain_al.mask))
+        retain_nll = mean_nll(retain_al, ctx.normaliser(batches["retain"], retain_al.mask))
         total = -p.forget_weight * forget_nll + p.retain_weight * retain_nll
         return total, {"forget_nll": forget_nll.item(), "retain_nll": retain_nll.item()}
 
@@ -80,7 +80,7 @@ def random_mismatch_nll(ctx: LossContext, batch: dict) -> torch.Tensor:
     mean over it is the average over the random answers.
     """
     al = ctx.logits(batch)
-    return mean_nll(al, ctx.denominator(al.mask))
+    return mean_nll(al, ctx.normaliser(batch, al.mask))
 
 
 def retain_kl(ctx: LossContext, batch: dict) -> torch.Tensor:
@@ -88,7 +88,7 @@ def retain_kl(ctx: LossContext, batch: dict) -> torch.Tensor:
         raise RuntimeError("this method needs a reference model; the training loop provides one.")
     reference = ctx.reference(batch)
     current = ctx.logits(batch)
-    return kl_reference_current(reference.logits, current.logits, current.mask, ctx.denominator(current.mask))
+    return kl_reference_current(reference.logits, current.logits, current.mask, ctx.normaliser(batch, current.mask))
 
 
 @register
