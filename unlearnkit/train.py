@@ -183,6 +183,7 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.method_cls = get_method(cfg.method["name"])
         self.method = self.method_cls(cfg.method_params())
+        check_forget_stop(cfg)
 
     # ----------------------------------------------------------------- set-up
     def _accelerator(self):
@@ -267,9 +268,7 @@ class Trainer:
                              {"method": cfg.method, "world_size": acc.num_processes}),
                 )
 
-        if cfg.train.gradient_checkpointing is True or (
-            cfg.train.gradient_checkpointing == "auto" and acc.device.type == "cuda"
-        ):
+        if resolve_gradient_checkpointing(cfg.train.gradient_checkpointing, self.method, acc.device.type):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if is_peft(model):
                 model.enable_input_require_grads()
@@ -621,6 +620,38 @@ class Trainer:
             atomic_write_text(log_path, "".join(k + "\n" for k in kept))
         print(f"Resuming {self.run_dir} from step {step}", flush=True)
         return step, state
+
+
+def resolve_gradient_checkpointing(setting, method: Method, device_type: str) -> bool:
+    """Whether a run checkpoints its layers.
+
+    ``auto``: on under CUDA (memory is what a GPU lacks), off on the CPU, and
+    off wherever the method's loss cannot run with checkpointed layers (SKU's
+    ``anchor_negated`` flips the adapter inside the forward, and the recomputed
+    forward of the backward pass would not see it). ``true`` with such a method
+    is refused with the key named.
+    """
+    if setting is True:
+        if not method.supports_gradient_checkpointing:
+            raise ConfigError(
+                f"train.gradient_checkpointing: true cannot be used with method {method.name} as configured "
+                "(divergence anchor_negated recomputes the negated forward wrongly); set it to auto or false."
+            )
+        return True
+    if setting is False:
+        return False
+    return device_type == "cuda" and method.supports_gradient_checkpointing
+
+
+def check_forget_stop(cfg: RunConfig, where: str = "") -> None:
+    """``train.max_forget_loss`` is a ceiling on a RISING forget NLL; refuse it where the NLL falls."""
+    method = get_method(cfg.method["name"])
+    if cfg.train.max_forget_loss is not None and method.forget_loss_falls:
+        raise ConfigError(
+            f"invalid config{where}: train.max_forget_loss: method {method.name} lowers the forget NLL "
+            "(it learns data.forget), so a ceiling on it would stop the run at its first step; remove "
+            "train.max_forget_loss (it guards the gradient-ascent methods) or use max_steps / epochs."
+        )
 
 
 def _all_true(acc, flag: bool) -> bool:
