@@ -274,3 +274,30 @@ def test_random_pool_holdout_is_measured_never_drawn(tmp_path, tiny_model_dir, d
     held = data.heldout["random_generic_heldout"]
     assert len(held) == 5 and len(data.random_pool) == 15
     assert not {e.response for e in held} & set(data.random_pool)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0])
+def test_full_mode_negation_with_a_bf16_reference_computes_from_float32(tmp_path, tiny_model_dir, data_files, scale):
+    """reference_dtype bfloat16 (as in configs/opt-2.7b-pku-sku.yaml) must not round stage 2 to bf16."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_cfg(tmp_path, tiny_model_dir, data_files, method="task_vector", lora=False,
+                   method_params={"negation_scale": scale},
+                   train={"max_steps": 2, "lr": 1e-4, "save": "merged", "reference_dtype": "bfloat16"})
+    run_unlearning(cfg)
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    harmful = AutoModelForCausalLM.from_pretrained(cfg.run_dir / "harmful").state_dict()
+    final = AutoModelForCausalLM.from_pretrained(cfg.run_dir / "model").state_dict()
+    assert all(v.dtype == torch.float32 for v in final.values())
+    for k, o in original.items():
+        if scale == 0.0:
+            assert torch.equal(final[k], o), k  # the original, bit for bit
+            continue
+        exact = o.double() - scale * (harmful[k].double() - o.double())
+        err = float((final[k].double() - exact).abs().max())
+        # float32 rounding of the result only (one ulp), never bf16's: for a norm weight
+        # of 1.0 bf16 spacing is 7.8e-3, far above these small task vectors.
+        assert err <= 2 * float(torch.finfo(torch.float32).eps) * float(exact.abs().max()) + 1e-12, k
+        tau = float((harmful[k] - o).abs().max())
+        if "norm" in k and tau > 0:
+            assert err < 1e-3 * tau, k

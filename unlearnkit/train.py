@@ -114,10 +114,21 @@ class Reference:
     gradient, so its outputs never move.
     """
 
-    def __init__(self, model, cfg: RunConfig):
+    def __init__(self, model, cfg: RunConfig, for_negation: bool = False):
         self.lora = is_peft(model)
         self.frozen = None
+        # The original weights for stage 2 when the frozen copy is kept in a lower
+        # precision than the trained weights (reference_dtype: bfloat16 with float32
+        # weights): a copy in the weights' own dtype on the CPU, so that negation
+        # computes from the true original (scale 0 returns it bit for bit).
+        self.original: dict[str, torch.Tensor] | None = None
         if not self.lora:
+            ref_dtype = None if cfg.train.reference_dtype == "same" else getattr(torch, cfg.train.reference_dtype)
+            if for_negation and ref_dtype is not None and any(
+                t.is_floating_point() and torch.finfo(ref_dtype).eps > torch.finfo(t.dtype).eps
+                for t in model.state_dict().values()
+            ):
+                self.original = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             frozen = copy.deepcopy(model)
             if cfg.train.reference_dtype != "same":
                 frozen = frozen.to(getattr(torch, cfg.train.reference_dtype))
@@ -275,7 +286,7 @@ class Trainer:
 
         # Negating methods in full-parameter mode need the original weights too.
         wants_reference = self.method_cls.needs_reference or (self.method_cls.negates and not is_peft(model))
-        reference = Reference(model, cfg) if wants_reference else None
+        reference = Reference(model, cfg, for_negation=self.method_cls.negates) if wants_reference else None
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise TrainingError("the model has no trainable parameters.")

@@ -89,7 +89,9 @@ def negate_trained(model, reference, scale: float):
         return negate_lora_(model, scale)
     if reference is None or reference.frozen is None:
         raise RuntimeError("full-parameter negation needs the frozen original model.")
-    return negate_module_(model, reference.frozen, scale)
+    # The original in the trained weights' precision when the frozen copy is lower (reference_dtype).
+    source = reference.original if getattr(reference, "original", None) is not None else reference.frozen
+    return negate_module_(model, source, scale)
 
 
 def _lora_layers(model) -> list:
