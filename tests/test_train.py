@@ -301,3 +301,31 @@ def test_full_mode_negation_with_a_bf16_reference_computes_from_float32(tmp_path
         tau = float((harmful[k] - o).abs().max())
         if "norm" in k and tau > 0:
             assert err < 1e-3 * tau, k
+
+
+@pytest.mark.parametrize("forget_eos", ["ascend", "exclude"])
+def test_forget_eos_is_ascended_or_excluded(tmp_path, tiny_model_dir, data_files, forget_eos):
+    """ga's first forget NLL (before any update) against a hand computation, with and without the EOS target."""
+    from transformers import AutoModelForCausalLM
+
+    from unlearnkit.models import load_tokenizer
+
+    f, r = data_files
+    two = tmp_path / "two.jsonl"
+    two.write_text("".join(json.dumps(x) + "\n" for x in FORGET[:2]))
+    cfg = make_cfg(tmp_path, tiny_model_dir, (two, r), method="ga", lora=False,
+                   method_params={"forget_eos": forget_eos}, train={"max_steps": 1, "lr": 1e-6})
+    got = run_unlearning(cfg)["final_terms"]["forget_nll"]
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    nll, count = 0.0, 0
+    for ex in tokenize_examples([Example(x["prompt"], x["response"]) for x in FORGET[:2]], tok, "qa", 64):
+        assert ex.input_ids[-1] == tok.eos_token_id  # the EOS is always in the input
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ex.input_ids])).logits[0].double(), -1)
+        targets = [t for t, lab in enumerate(ex.labels) if lab != -100]
+        if forget_eos == "exclude":
+            targets = targets[:-1]
+        nll -= sum(float(logp[t - 1, ex.input_ids[t]]) for t in targets)
+        count += len(targets)
+    assert got == pytest.approx(nll / count, rel=1e-5)

@@ -372,8 +372,10 @@ class Trainer:
         forget_idx = next(self.forget_stream)
         batches = {}
         if "forget" in needs:
-            batches["forget"] = self._batch([self.forget_tok[i] for i in self._local(forget_idx)],
-                                            filler=self.forget_tok[forget_idx[0]])
+            items = [self.forget_tok[i] for i in self._local(forget_idx)]
+            if not self.method.forget_eos_is_target:
+                items = [_without_final_eos(t, self.tokenizer.eos_token_id) for t in items]
+            batches["forget"] = self._batch(items, filler=self.forget_tok[forget_idx[0]])
         if "retain" in needs:
             retain_idx = next(self.retain_stream)
             batches["retain"] = self._batch([self.retain_tok[i] for i in self._local(retain_idx)],
@@ -631,6 +633,13 @@ class Trainer:
             atomic_write_text(log_path, "".join(k + "\n" for k in kept))
         print(f"Resuming {self.run_dir} from step {step}", flush=True)
         return step, state
+
+
+def _without_final_eos(item: TokenizedExample, eos_id: int | None) -> TokenizedExample:
+    """The example with its closing EOS kept as input but masked out of the labels."""
+    if eos_id is None or not item.labels or item.labels[-1] != eos_id:
+        return item
+    return TokenizedExample(item.input_ids, [*item.labels[:-1], IGNORE_INDEX])
 
 
 def resolve_gradient_checkpointing(setting, method: Method, device_type: str) -> bool:

@@ -88,6 +88,11 @@ class Method:
         return int(getattr(self.params, "num_random", 0))
 
     @property
+    def forget_eos_is_target(self) -> bool:
+        """Whether the EOS token ending a forget answer is a target of the loss (``forget_eos``)."""
+        return getattr(self.params, "forget_eos", "ascend") != "exclude"
+
+    @property
     def add_eos(self) -> bool:
         """Whether training examples end with the end-of-sequence token."""
         return True

@@ -15,6 +15,8 @@ tokens, never over padding.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 
@@ -28,7 +30,20 @@ def _forget_terms(ctx: LossContext, batch: dict) -> torch.Tensor:
     return mean_nll(al, ctx.normaliser(batch, al.mask))
 
 
-class GAParams(MethodParams):
+# What happens to the end-of-sequence token that ends each forget answer.
+# "ascend" (default): it is part of the answer the model learned to give, and is
+# ascended with it (the published figures of this project were made so).
+# "exclude": it stays in the input but is not a target: the model is pushed away
+# from the answer's words, not from ending an answer (Yao et al.'s code appends
+# no EOS at all). See docs/methods.md.
+ForgetEOS = Literal["ascend", "exclude"]
+
+
+class AscentParams(MethodParams):
+    forget_eos: ForgetEOS = Field("ascend", description="ascend or exclude the EOS token ending each forget answer")
+
+
+class GAParams(AscentParams):
     pass
 
 
@@ -44,7 +59,7 @@ class GradientAscent(Method):
         return -forget_nll, {"forget_nll": forget_nll.item()}
 
 
-class GradientDifferenceParams(MethodParams):
+class GradientDifferenceParams(AscentParams):
     forget_weight: float = Field(1.0, ge=0)
     retain_weight: float = Field(1.0, ge=0)
 
@@ -66,7 +81,7 @@ class GradientDifference(Method):
         return total, {"forget_nll": forget_nll.item(), "retain_nll": retain_nll.item()}
 
 
-class LLMUnlearnParams(MethodParams):
+class LLMUnlearnParams(AscentParams):
     forget_weight: float = Field(0.5, ge=0)
     random_weight: float = Field(1.0, ge=0)
     retain_weight: float = Field(1.0, ge=0)
