@@ -385,4 +385,4 @@ def test_dump_config_round_trips_through_a_file(tmp_path):
     path = write(tmp_path, dump_config(cfg), "dumped.yaml")
     again = load_config(path)
     assert again == cfg
-    assert again.method == {"name": "gradient_difference", "forget_weight": 1.0, "retain_weight": 2.0}
+    assert again.method == {"name": "gradient_difference", "forget_eos": "ascend", "forget_weight": 1.0, "retain_weight": 2.0}
