@@ -89,6 +89,9 @@ def run_job(job: dict) -> dict:
             from safetensors.torch import save_file
 
             save_file(captured, str(out))
+        frozen = getattr(trainer.reference, "frozen", None) if trainer.reference is not None else None
+        summary = {**summary, "model_wrapper": type(trainer.model).__name__,
+                   "reference_wrapper": type(frozen).__name__ if frozen is not None else None}
         Path(str(out) + ".json").write_text(json.dumps(summary, default=str))
     return {"summary": summary, "grads": captured}
 

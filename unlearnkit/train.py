@@ -139,6 +139,15 @@ class Reference:
                 p.requires_grad_(False)
             self.frozen = frozen
 
+    def shard(self, acc) -> None:
+        """Under FSDP, shard the frozen copy like the trained model (no full copy per process)."""
+        from accelerate.utils import DistributedType
+
+        if self.frozen is None or acc.distributed_type != DistributedType.FSDP:
+            return
+        self.frozen = acc.prepare_model(self.frozen, evaluation_mode=False)
+        self.frozen.eval()
+
     def __call__(self, live_model, batch: dict) -> AnswerLogits:
         with torch.no_grad():
             if self.frozen is not None:
@@ -204,7 +213,16 @@ class Trainer:
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         cpu = self.cfg.model.device == "cpu" or not torch.cuda.is_available()
-        return Accelerator(mixed_precision=mp, cpu=cpu)
+        acc = Accelerator(mixed_precision=mp, cpu=cpu)
+        _warn_if_not_sharded(acc)
+        from accelerate.utils import DistributedType
+
+        if acc.distributed_type == DistributedType.DEEPSPEED and self.cfg.train.grad_accum > 1:
+            # accelerate's DeepSpeed backward also steps the engine after every micro-batch
+            # unless its own accumulation drives it; ours would step ga times per step.
+            raise ConfigError("train.grad_accum > 1 is not supported under DeepSpeed; use grad_accum: 1 "
+                              "(and a larger batch_size), or DDP / FSDP.")
+        return acc
 
     def _check_run_dir(self) -> None:
         model_path = Path(self.cfg.model.name).expanduser()
@@ -297,6 +315,8 @@ class Trainer:
             cfg.train.scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=cfg.train.max_steps
         )
         model, optimizer = acc.prepare(model, optimizer)
+        if reference is not None:
+            reference.shard(acc)
         self.model, self.optimizer, self.scheduler, self.reference = model, optimizer, scheduler, reference
 
         world = acc.num_processes
@@ -633,6 +653,18 @@ class Trainer:
             atomic_write_text(log_path, "".join(k + "\n" for k in kept))
         print(f"Resuming {self.run_dir} from step {step}", flush=True)
         return step, state
+
+
+def _warn_if_not_sharded(acc) -> None:
+    """accelerate runs FSDP only on accelerators: say so when an FSDP launch falls back on the CPU."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and acc.distributed_type != DistributedType.FSDP:
+        if acc.is_main_process:
+            print(f"warning: an FSDP launch runs as {acc.distributed_type.value} here (accelerate shards only on GPUs and "
+                  "other accelerators; on the CPU every process holds the whole model). See docs/training.md.", flush=True)
 
 
 def _without_final_eos(item: TokenizedExample, eos_id: int | None) -> TokenizedExample:
