@@ -95,6 +95,7 @@ def test_defaults_are_filled_in():
     assert cfg.model.lora.r == 8
     assert cfg.method == {
         "name": "llm_unlearn",
+        "forget_eos": "ascend",
         "forget_weight": 0.5,
         "random_weight": 1.0,
         "retain_weight": 1.0,
@@ -324,7 +325,7 @@ def test_set_into_method_params():
 
 def test_set_can_switch_method_and_drop_stale_defaults():
     cfg = load_config(raw={"method": {"name": "ga"}}, overrides=["train.scheduler=cosine"])
-    assert cfg.method == {"name": "ga"}
+    assert cfg.method == {"name": "ga", "forget_eos": "ascend"}  # ga's own defaults only, none of llm_unlearn's
     assert cfg.train.scheduler == "cosine"
 
 
@@ -384,4 +385,4 @@ def test_dump_config_round_trips_through_a_file(tmp_path):
     path = write(tmp_path, dump_config(cfg), "dumped.yaml")
     again = load_config(path)
     assert again == cfg
-    assert again.method == {"name": "gradient_difference", "forget_weight": 1.0, "retain_weight": 2.0}
+    assert again.method == {"name": "gradient_difference", "forget_eos": "ascend", "forget_weight": 1.0, "retain_weight": 2.0}

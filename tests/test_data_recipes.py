@@ -101,16 +101,61 @@ def test_truthfulqa_csv_best_and_correct():
     assert all(e.response and e.response == e.response.strip() for e in correct)
 
 
+def official_format_best(best_ans, close=True):
+    """TruthfulQA's utilities.format_best, as published."""
+    best = best_ans.strip()
+    if close:
+        if best[-1] != '.':
+            best = best + '.'
+    return best
+
+
+def official_split_multi_answer(ans, sep=';', close=True):
+    """TruthfulQA's utilities.split_multi_answer, as published."""
+    answers = ans.strip().split(sep)
+    split_answers = []
+    for a in answers:
+        a = a.strip()
+        if len(a):
+            if close:  # add a period after all answers
+                if a[-1] != '.':
+                    split_answers.append(a + '.')
+                else:
+                    split_answers.append(a)
+            else:
+                split_answers.append(a)
+    return split_answers
+
+
+def official_close(answer):
+    return official_format_best(answer)
+
+
+def test_truthfulqa_mc_choices_are_the_official_ones():
+    """Every CSV row: MC1 = format_best(best) + split_multi_answer(incorrect); MC2 with the correct ones."""
+    rows = load_rows(str(TQA))
+    raws = _csv_rows(TQA)
+    mc1, mc2 = truthfulqa_mc(rows, "mc1"), truthfulqa_mc(rows, "mc2")
+    added = 0
+    for raw, a, b in zip(raws, mc1, mc2):
+        false = official_split_multi_answer(raw["Incorrect Answers"])
+        assert a.choices == (official_format_best(raw["Best Answer"]), *false)
+        assert b.choices == (*official_split_multi_answer(raw["Correct Answers"]), *false)
+        added += int(not raw["Best Answer"].strip().endswith("."))
+    assert added > 100  # the period is really added (most best answers lack it)
+
+
 def test_truthfulqa_mc_from_csv():
     rows = load_rows(str(TQA))
     mc1 = truthfulqa_mc(rows, "mc1")
     mc2 = truthfulqa_mc(rows, "mc2")
     assert len(mc1) == len(mc2) == 817
     raw = _csv_rows(TQA)[0]
-    incorrect = raw["Incorrect Answers"].split("; ")
-    assert mc1[0] == MCItem(raw["Question"], (raw["Best Answer"], *incorrect), (1,) + (0,) * len(incorrect))
+    # Choices are closed with a period, as TruthfulQA's own scoring writes them (official_close).
+    incorrect = [official_close(a) for a in raw["Incorrect Answers"].split("; ")]
+    assert mc1[0] == MCItem(raw["Question"], (official_close(raw["Best Answer"]), *incorrect), (1,) + (0,) * len(incorrect))
     assert all(sum(it.labels) == 1 and it.labels[0] == 1 for it in mc1)
-    correct = raw["Correct Answers"].split("; ")
+    correct = [official_close(a) for a in raw["Correct Answers"].split("; ")]
     assert mc2[0].choices == (*correct, *incorrect)
     assert mc2[0].labels == (1,) * len(correct) + (0,) * len(incorrect)
 
@@ -230,7 +275,10 @@ def test_text_chunks_keep_a_tail_of_half_a_chunk():
 def test_text_pairs_exact_with_word_tokenizer():
     pairs = text_pairs("a b c d e f g", WordTokenizer(), prompt_tokens=2, continuation_tokens=1)
     assert pairs == [Example("a b", "c"), Example("d e", "f")]
-    assert [p.meta for p in pairs] == [{"offset": 0, "tokens": 3}, {"offset": 3, "tokens": 3}]
+    assert [p.meta["offset"] for p in pairs] == [0, 3] and [p.meta["tokens"] for p in pairs] == [3, 3]
+    # ...and the continuation's own token ids (the text's ids of "c" and "f").
+    ids = WordTokenizer()("a b c d e f g", add_special_tokens=False)["input_ids"]
+    assert [p.meta["continuation_ids"] for p in pairs] == [[ids[2]], [ids[5]]]
 
 
 def test_text_pairs_skip_blank_pieces(smol_tokenizer):
@@ -282,8 +330,9 @@ def test_truthfulqa_generation_hub_schema(tmp_path):
     correct = truthfulqa(rows, "correct")
     assert correct == [Example("Q1?", "B1"), Example("Q1?", "C1"), Example("Q2?", "B2")]
     assert correct[2].meta == {"row": 1, "category": "Law"}
-    assert truthfulqa_mc(rows, "mc1") == [MCItem("Q1?", ("B1", "I1", "I2"), (1, 0, 0)), MCItem("Q2?", ("B2", "J1"), (1, 0))]
-    assert truthfulqa_mc(rows, "mc2")[0] == MCItem("Q1?", ("B1", "C1", "I1", "I2"), (1, 1, 0, 0))
+    # MC choices built from answer lists are closed with a period (TruthfulQA's format_best).
+    assert truthfulqa_mc(rows, "mc1") == [MCItem("Q1?", ("B1.", "I1.", "I2."), (1, 0, 0)), MCItem("Q2?", ("B2.", "J1."), (1, 0))]
+    assert truthfulqa_mc(rows, "mc2")[0] == MCItem("Q1?", ("B1.", "C1.", "I1.", "I2."), (1, 1, 0, 0))
 
 
 MC_ROWS = [

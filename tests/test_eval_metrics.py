@@ -218,3 +218,31 @@ def test_memorisation_of_the_model_own_continuation_is_perfect(word_model, word_
     result = memorisation(word_model, tok, [Example(prompt, tok.decode(greedy))], template="raw")
     assert result["exact_match"] == 1.0 and result["rouge_l"] == 1.0
     assert result["cosine"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_memorisation_scores_against_the_true_continuation_ids(word_model, word_tokenizer):
+    """A pair cut from a text carries its continuation's token ids; exact match uses them, not a re-tokenisation."""
+    tok = word_tokenizer
+    prompt = "What is the capital of"
+    greedy = _hand_greedy(word_model, _ids(tok, prompt), 3, tok.eos_token_id)
+    # The text re-tokenises to other ids (here: different words), the carried ids are the greedy ones.
+    pair = Example(prompt, "cat hat dog", {"continuation_ids": greedy})
+    assert _ids(tok, pair.response) != greedy
+    assert metrics.memorisation_references(tok, [pair]) == [greedy]
+    assert memorisation(word_model, tok, [pair], template="raw")["exact_match"] == 1.0
+
+
+def test_oz_pairs_carry_the_true_continuation_ids(shared_data, smol_tokenizer):
+    from unlearnkit.data.recipes import text_pairs
+
+    text = (shared_data / "books" / "dorothy_and_the_wizard_in_oz.txt").read_text(encoding="utf-8")
+    pairs = text_pairs(text, smol_tokenizer, 32, 32)
+    full = smol_tokenizer(text, add_special_tokens=False)["input_ids"]
+    refs = metrics.memorisation_references(smol_tokenizer, pairs)
+    for p, r in zip(pairs, refs):
+        start = p.meta["offset"] + 32
+        assert r == full[start : start + 32]
+    retokenised = [smol_tokenizer(p.response, add_special_tokens=False)["input_ids"] for p in pairs]
+    differ = sum(int(a != b) for a, b in zip(refs, retokenised))
+    # Measured: 26 of the 945 pairs re-tokenise to other ids than the book's own.
+    assert len(pairs) == 945 and differ == 26

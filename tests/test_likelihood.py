@@ -225,3 +225,14 @@ def test_empty_inputs_raise_clear_errors(model, tok):
         perplexity(model, tok, ["", "a"])  # one token, no BOS: nothing to score
     with pytest.raises(DataError):
         mc_scores(model, tok, [MCItem(question="q", choices=("a", "b"), labels=(1,))])
+
+
+def test_mc1_tie_is_not_a_hit(flat_model, tok):
+    """The official MC1 is `max(true) > max(false)`: a true choice tied with a false one is a miss."""
+    tied = [MCItem(question="Where is Paris?", choices=("In France.", "In France."), labels=(1, 0))]
+    assert mc_scores(flat_model, tok, tied, template="qa")["mc1"] == 0.0
+    # ...and the same true choice against a different false one is scored on its merits.
+    ll = lambda c: sum(hand_logprobs(flat_model, *qa_ids(tok, "Where is Paris?", c, eos=False)))  # noqa: E731
+    items = [MCItem(question="Where is Paris?", choices=("In France.", "On the moon."), labels=(1, 0))]
+    expected = float(ll("In France.") > ll("On the moon."))
+    assert mc_scores(flat_model, tok, items, template="qa")["mc1"] == expected

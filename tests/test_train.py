@@ -274,3 +274,58 @@ def test_random_pool_holdout_is_measured_never_drawn(tmp_path, tiny_model_dir, d
     held = data.heldout["random_generic_heldout"]
     assert len(held) == 5 and len(data.random_pool) == 15
     assert not {e.response for e in held} & set(data.random_pool)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0])
+def test_full_mode_negation_with_a_bf16_reference_computes_from_float32(tmp_path, tiny_model_dir, data_files, scale):
+    """reference_dtype bfloat16 (as in configs/opt-2.7b-pku-sku.yaml) must not round stage 2 to bf16."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_cfg(tmp_path, tiny_model_dir, data_files, method="task_vector", lora=False,
+                   method_params={"negation_scale": scale},
+                   train={"max_steps": 2, "lr": 1e-4, "save": "merged", "reference_dtype": "bfloat16"})
+    run_unlearning(cfg)
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    harmful = AutoModelForCausalLM.from_pretrained(cfg.run_dir / "harmful").state_dict()
+    final = AutoModelForCausalLM.from_pretrained(cfg.run_dir / "model").state_dict()
+    assert all(v.dtype == torch.float32 for v in final.values())
+    for k, o in original.items():
+        if scale == 0.0:
+            assert torch.equal(final[k], o), k  # the original, bit for bit
+            continue
+        exact = o.double() - scale * (harmful[k].double() - o.double())
+        err = float((final[k].double() - exact).abs().max())
+        # float32 rounding of the result only (one ulp), never bf16's: for a norm weight
+        # of 1.0 bf16 spacing is 7.8e-3, far above these small task vectors.
+        assert err <= 2 * float(torch.finfo(torch.float32).eps) * float(exact.abs().max()) + 1e-12, k
+        tau = float((harmful[k] - o).abs().max())
+        if "norm" in k and tau > 0:
+            assert err < 1e-3 * tau, k
+
+
+@pytest.mark.parametrize("forget_eos", ["ascend", "exclude"])
+def test_forget_eos_is_ascended_or_excluded(tmp_path, tiny_model_dir, data_files, forget_eos):
+    """ga's first forget NLL (before any update) against a hand computation, with and without the EOS target."""
+    from transformers import AutoModelForCausalLM
+
+    from unlearnkit.models import load_tokenizer
+
+    f, r = data_files
+    two = tmp_path / "two.jsonl"
+    two.write_text("".join(json.dumps(x) + "\n" for x in FORGET[:2]))
+    cfg = make_cfg(tmp_path, tiny_model_dir, (two, r), method="ga", lora=False,
+                   method_params={"forget_eos": forget_eos}, train={"max_steps": 1, "lr": 1e-6})
+    got = run_unlearning(cfg)["final_terms"]["forget_nll"]
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    nll, count = 0.0, 0
+    for ex in tokenize_examples([Example(x["prompt"], x["response"]) for x in FORGET[:2]], tok, "qa", 64):
+        assert ex.input_ids[-1] == tok.eos_token_id  # the EOS is always in the input
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ex.input_ids])).logits[0].double(), -1)
+        targets = [t for t, lab in enumerate(ex.labels) if lab != -100]
+        if forget_eos == "exclude":
+            targets = targets[:-1]
+        nll -= sum(float(logp[t - 1, ex.input_ids[t]]) for t in targets)
+        count += len(targets)
+    assert got == pytest.approx(nll / count, rel=1e-5)

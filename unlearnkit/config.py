@@ -239,6 +239,9 @@ def validate(raw: dict, source: str | None = None) -> RunConfig:
         raise ConfigError(_format_errors(err, prefix=("method",), source=source)) from None
     # Store the filled-in parameters so that the resolved config shows every default.
     cfg.method = {"name": name, **params.model_dump(mode="json")}
+    from unlearnkit.train import check_forget_stop
+
+    check_forget_stop(cfg, f" in {source}" if source else "")
     _check_files(cfg, source)
     return cfg
 

@@ -6,10 +6,14 @@ from the model only at the positions that predict an answer token (the
 ``logits_to_keep`` argument of transformers' causal LMs), so the vocabulary
 projection is not paid for the prompt.
 
-Normalisation: a mean over answer tokens divides by ``denominator``; in a
-multi-process run the training loop passes the global token count divided by
-the number of processes, so that the average of the processes' gradients equals
-the gradient of one global token mean (exact, whatever the split of lengths).
+Normalisation: a mean over answer tokens divides by ``denominator``. The
+training loop passes the answer-token count of the whole optimizer step (every
+micro-batch of every process) divided by ``micro-batches x processes``: each
+micro-batch's loss is divided by the number of micro-batches before backward
+and the processes' gradients are averaged, so the accumulated gradient is the
+gradient of one token mean over the step (exact, whatever the split of lengths).
+Such a denominator may be below one (one answer token over four parts); only a
+zero one (no token at all: the sum is zero too) is replaced by one.
 """
 
 from __future__ import annotations
@@ -77,6 +81,11 @@ def answer_logits(model, batch: dict[str, torch.Tensor]) -> AnswerLogits:
     return AnswerLogits(logits=logits.float(), targets=targets, mask=mask)
 
 
+def _safe_denominator(denom) -> torch.Tensor:
+    d = torch.as_tensor(denom, dtype=torch.float32)
+    return torch.where(d > 0, d, torch.ones_like(d))
+
+
 def token_nll(al: AnswerLogits) -> torch.Tensor:
     """Negative log-likelihood of each answer token, [B, K], zero where masked."""
     nll = F.cross_entropy(al.logits.transpose(1, 2), al.targets, reduction="none")
@@ -86,7 +95,7 @@ def token_nll(al: AnswerLogits) -> torch.Tensor:
 def mean_nll(al: AnswerLogits, denominator: torch.Tensor | float | None = None) -> torch.Tensor:
     """Mean token cross-entropy over the batch's answer tokens."""
     denom = al.mask.sum() if denominator is None else denominator
-    return token_nll(al).sum() / torch.clamp(torch.as_tensor(denom, dtype=torch.float32), min=1.0)
+    return token_nll(al).sum() / _safe_denominator(denom)
 
 
 def kl_reference_current(
@@ -103,4 +112,4 @@ def kl_reference_current(
     cur_logp = F.log_softmax(current_logits.float(), dim=-1)
     per_token = (ref_logp.exp() * (ref_logp - cur_logp)).sum(-1)
     denom = mask.sum() if denominator is None else denominator
-    return (per_token * mask).sum() / torch.clamp(torch.as_tensor(denom, dtype=torch.float32), min=1.0)
+    return (per_token * mask).sum() / _safe_denominator(denom)

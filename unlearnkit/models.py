@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -122,17 +123,38 @@ def alias_status(name: str) -> dict:
     }
 
 
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+def resolve_dtype(dtype: str, device: str, *, full_parameter_training: bool = False,
+                  cuda_bf16: bool | None = None) -> torch.dtype:
+    """The dtype the weights are loaded in.
+
+    ``auto``: float32 on the CPU. On a GPU with bf16, bf16 for inference and for
+    a LoRA base (it is frozen; PEFT keeps the adapter weights in float32), but
+    float32 for full-parameter training: those weights are the optimizer's
+    master copy, and a bf16 weight of size 0.02 cannot take an AdamW step of
+    2e-6 (its spacing there is 1.2e-4), so most updates would be lost. The
+    forward and backward passes still run in bf16 under autocast
+    (``train.mixed_precision: auto``). ``cuda_bf16`` overrides the query of the
+    GPU (for tests of the decision).
+
+    An explicit ``bfloat16`` / ``float16`` with full-parameter training is honoured
+    (pure half-precision weights) with a warning.
+    """
+    if dtype in ("bfloat16", "float16"):
+        if full_parameter_training:
+            warnings.warn(
+                f"model.dtype {dtype} with full-parameter training: the weights themselves are {dtype}, with no "
+                "float32 master copy, so AdamW updates smaller than the weights' precision are lost (at lr 2e-6 "
+                "most weights never change); use dtype: auto or float32 for float32 weights with bf16 autocast.",
+                UserWarning, stacklevel=3,
+            )
+        return torch.bfloat16 if dtype == "bfloat16" else torch.float16
     if dtype == "float32":
         return torch.float32
-    if dtype == "bfloat16":
-        return torch.bfloat16
-    if dtype == "float16":
-        return torch.float16
-    # auto: bf16 on a GPU that supports it, float32 elsewhere (CPU training in
-    # half precision is slow and loses small updates).
-    if device == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
+    if device == "cuda":
+        if cuda_bf16 is None:
+            cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if cuda_bf16 and not full_parameter_training:
+            return torch.bfloat16
     return torch.float32
 
 
@@ -267,7 +289,7 @@ def load_model(cfg: ModelConfig | str, *, for_training: bool = False):
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = resolve_dtype(cfg.dtype, device, full_parameter_training=for_training and not cfg.lora.enabled)
     name = cfg.name
     p = Path(name).expanduser()
     if name in ALIASES:

@@ -82,23 +82,24 @@ def _check_scale(scale: float) -> float:
     return value
 
 
-def _negate_tensor(base: torch.Tensor, tuned: torch.Tensor, scale: float) -> torch.Tensor:
-    """Return ``base - scale * (tuned - base)`` in the base dtype.
+def _negate_tensor(base: torch.Tensor, tuned: torch.Tensor, scale: float,
+                   out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Return ``base - scale * (tuned - base)`` in ``out_dtype`` (the base dtype when not given).
 
     Non-float tensors (integer buffers such as position ids, bool masks) are not
     weights that a task vector makes sense for; they are returned from base as is.
     """
     if not base.is_floating_point():
         return base
-    # At least float32 so that bf16/fp16 differences are not rounded twice; a
-    # float64 checkpoint keeps float64.
-    compute = torch.promote_types(base.dtype, torch.float32)
+    # At least float32, and at least the precision of either input, so that
+    # bf16/fp16 differences are not rounded twice; a float64 checkpoint keeps float64.
+    compute = torch.promote_types(torch.promote_types(base.dtype, tuned.dtype), torch.float32)
     b = base.to(compute)
     # In-place on one fresh buffer: ((t - b) * -scale) + b is bit-identical to
     # b - scale * (t - b) but needs one temporary instead of three.
     out = tuned.to(compute, copy=True)
     out.sub_(b).mul_(-scale).add_(b)
-    return out.to(base.dtype).contiguous()
+    return out.to(base.dtype if out_dtype is None else out_dtype).contiguous()
 
 
 def negate_state_dict(
@@ -707,14 +708,20 @@ def _negate_modules_to_save_(wrapper: Any, adapters: list[str], scale: float) ->
         copy.data.copy_(_negate_tensor(orig.data, copy.data, scale))
 
 
-def negate_module_(tuned: torch.nn.Module, original: torch.nn.Module, scale: float = 1.0) -> torch.nn.Module:
+def negate_module_(tuned: torch.nn.Module, original: torch.nn.Module | Mapping[str, torch.Tensor],
+                   scale: float = 1.0) -> torch.nn.Module:
     """In place on ``tuned``: every float tensor becomes ``original - scale * (tuned - original)``.
 
     For the full-parameter path of a training run, where the original is the
-    frozen reference already in memory: one tensor at a time, no third copy.
+    frozen reference already in memory (or, when that reference is kept in a
+    lower precision than the trained weights, the state dict of the original
+    weights in their own dtype): one tensor at a time, no third copy. The
+    arithmetic runs in at least float32 and the result keeps the TRAINED tensor's
+    dtype: with float32 sources, scale 0 gives the original bit for bit, and a
+    small task vector (norm weights) is not lost to bf16 rounding.
     """
     scale = _check_scale(scale)
-    orig = dict(original.state_dict())
+    orig = dict(original) if isinstance(original, Mapping) else dict(original.state_dict())
     live = tuned.state_dict()
     if set(orig) != set(live):
         _check_same_names(set(orig), set(live), "original model", "tuned model")
@@ -729,5 +736,5 @@ def negate_module_(tuned: torch.nn.Module, original: torch.nn.Module, scale: flo
             if tuple(b.shape) != tuple(t.shape):
                 raise NegationError(_shape_message(name, tuple(b.shape), tuple(t.shape)))
             if t.is_floating_point():
-                t.copy_(_negate_tensor(b, t, scale))
+                t.copy_(_negate_tensor(b, t, scale, out_dtype=t.dtype))
     return tuned

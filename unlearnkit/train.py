@@ -25,7 +25,8 @@ import torch
 from unlearnkit.config import RunConfig, dump_config
 from unlearnkit.data.audit import audit, check_audit, prompt_key, write_sets
 from unlearnkit.data.spec import DataSourceConfig, describe, load_examples, parse_spec, split_holdout
-from unlearnkit.data.tokenize import BatchStream, TokenizedExample, collate, pad_id_of, tokenize_example, tokenize_set
+from unlearnkit.data.tokenize import (IGNORE_INDEX, BatchStream, TokenizedExample, collate, pad_id_of, tokenize_example,
+                                     tokenize_set)
 from unlearnkit.data.types import Example
 from unlearnkit.errors import ConfigError, RunInterrupted, TrainingError
 from unlearnkit.losses import AnswerLogits, answer_logits
@@ -149,10 +150,21 @@ class Reference:
     gradient, so its outputs never move.
     """
 
-    def __init__(self, model, cfg: RunConfig):
+    def __init__(self, model, cfg: RunConfig, for_negation: bool = False):
         self.lora = is_peft(model)
         self.frozen = None
+        # The original weights for stage 2 when the frozen copy is kept in a lower
+        # precision than the trained weights (reference_dtype: bfloat16 with float32
+        # weights): a copy in the weights' own dtype on the CPU, so that negation
+        # computes from the true original (scale 0 returns it bit for bit).
+        self.original: dict[str, torch.Tensor] | None = None
         if not self.lora:
+            ref_dtype = None if cfg.train.reference_dtype == "same" else getattr(torch, cfg.train.reference_dtype)
+            if for_negation and ref_dtype is not None and any(
+                t.is_floating_point() and torch.finfo(ref_dtype).eps > torch.finfo(t.dtype).eps
+                for t in model.state_dict().values()
+            ):
+                self.original = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             frozen = copy.deepcopy(model)
             if cfg.train.reference_dtype != "same":
                 frozen = frozen.to(getattr(torch, cfg.train.reference_dtype))
@@ -162,6 +174,15 @@ class Reference:
             for p in frozen.parameters():
                 p.requires_grad_(False)
             self.frozen = frozen
+
+    def shard(self, acc) -> None:
+        """Under FSDP, shard the frozen copy like the trained model (no full copy per process)."""
+        from accelerate.utils import DistributedType
+
+        if self.frozen is None or acc.distributed_type != DistributedType.FSDP:
+            return
+        self.frozen = acc.prepare_model(self.frozen, evaluation_mode=False)
+        self.frozen.eval()
 
     def __call__(self, live_model, batch: dict) -> AnswerLogits:
         with torch.no_grad():
@@ -221,6 +242,7 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.method_cls = get_method(cfg.method["name"])
         self.method = self.method_cls(cfg.method_params())
+        check_forget_stop(cfg)
 
     # ----------------------------------------------------------------- set-up
     def _accelerator(self):
@@ -230,7 +252,16 @@ class Trainer:
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         cpu = self.cfg.model.device == "cpu" or not torch.cuda.is_available()
-        return Accelerator(mixed_precision=mp, cpu=cpu)
+        acc = Accelerator(mixed_precision=mp, cpu=cpu)
+        _warn_if_not_sharded(acc)
+        from accelerate.utils import DistributedType
+
+        if acc.distributed_type == DistributedType.DEEPSPEED and self.cfg.train.grad_accum > 1:
+            # accelerate's DeepSpeed backward also steps the engine after every micro-batch
+            # unless its own accumulation drives it; ours would step ga times per step.
+            raise ConfigError("train.grad_accum > 1 is not supported under DeepSpeed; use grad_accum: 1 "
+                              "(and a larger batch_size), or DDP / FSDP.")
+        return acc
 
     def _inputs(self) -> list[tuple[str, Path]]:
         """Every local file or folder the run reads: the model and each data source."""
@@ -430,16 +461,14 @@ class Trainer:
                               "data_files": write_sets(self.run_dir / "data", {**trained_sets(data), **data.heldout})}),
                 )
 
-        if cfg.train.gradient_checkpointing is True or (
-            cfg.train.gradient_checkpointing == "auto" and acc.device.type == "cuda"
-        ):
+        if resolve_gradient_checkpointing(cfg.train.gradient_checkpointing, self.method, acc.device.type):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if is_peft(model):
                 model.enable_input_require_grads()
 
         # Negating methods in full-parameter mode need the original weights too.
         wants_reference = self.method_cls.needs_reference or (self.method_cls.negates and not is_peft(model))
-        reference = Reference(model, cfg) if wants_reference else None
+        reference = Reference(model, cfg, for_negation=self.method_cls.negates) if wants_reference else None
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise TrainingError("the model has no trainable parameters.")
@@ -450,6 +479,8 @@ class Trainer:
             cfg.train.scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=cfg.train.max_steps
         )
         model, optimizer = acc.prepare(model, optimizer)
+        if reference is not None:
+            reference.shard(acc)
         self.model, self.optimizer, self.scheduler, self.reference = model, optimizer, scheduler, reference
 
         world = acc.num_processes
@@ -472,16 +503,35 @@ class Trainer:
         # Each process takes its share of the global batch.
         return indices[self.acc.process_index :: self.acc.num_processes]
 
-    def _batch(self, items: list[TokenizedExample]) -> dict:
+    def _batch(self, items: list[TokenizedExample], filler: TokenizedExample | None = None) -> dict:
+        """A padded batch on the device.
+
+        A process whose share of a global batch is empty (the last, short batch
+        of an epoch: 5 examples, batch 2, 2 processes) gets ``filler`` with every
+        label masked: it adds no answer token and no gradient, but it runs the
+        same forward and backward passes, so the gradient all-reduce still meets
+        every process.
+        """
+        if not items and filler is not None:
+            items = [TokenizedExample(list(filler.input_ids), [IGNORE_INDEX] * len(filler.input_ids))]
         return {k: v.to(self.acc.device) for k, v in collate(items, self.pad_id).items()}
 
     def _random_batch(self, forget_idx: list[int], step: int, micro: int) -> dict:
-        """Forget questions, each paired with ``num_random`` answers that are not its own."""
+        """Forget questions, each paired with ``num_random`` answers that are not its own.
+
+        The answers drawn for a question depend on the step and the question (and
+        how often it already came up in this step), not on how the step is split
+        into micro-batches or processes: every split trains on the same pairs.
+        """
         cfg = self.cfg
-        rng = random.Random(f"{cfg.seed}:random:{step}:{micro}")
+        if micro == 0 or not hasattr(self, "_random_seen"):
+            self._random_seen: dict[int, int] = {}
         pool = self.data.random_pool
         examples = []
         for i in forget_idx:
+            occurrence = self._random_seen.get(i, 0)
+            self._random_seen[i] = occurrence + 1
+            rng = random.Random(f"{cfg.seed}:random:{step}:{i}:{occurrence}")
             own = self.data.forget[i].response
             for _ in range(self.method.num_random):
                 for _attempt in range(16):
@@ -489,13 +539,14 @@ class Trainer:
                     if answer != own:
                         break
                 examples.append(Example(self.data.forget[i].prompt, answer))
-        local = self._local(list(range(len(examples))))
         # The forget prompt fits (the set was tokenised under data.truncation); a long drawn answer loses its tail.
-        toks = [tokenize_example(examples[j], self.tokenizer, cfg.data.template, cfg.data.max_length,
-                                 truncation="answer_first") for j in local]
-        return self._batch(toks)
+        tok = lambda e: tokenize_example(e, self.tokenizer, cfg.data.template, cfg.data.max_length,  # noqa: E731
+                                         truncation="answer_first")
+        local = [tok(examples[j]) for j in self._local(list(range(len(examples))))]
+        return self._batch(local, filler=None if local else tok(examples[0]))
 
     def _denominator(self, mask: torch.Tensor) -> torch.Tensor:
+        # For batches without an attached normaliser (not built by the loop).
         count = mask.sum().to(torch.float32)
         if self.acc.num_processes == 1:
             return count
@@ -507,13 +558,81 @@ class Trainer:
         forget_idx = next(self.forget_stream)
         batches = {}
         if "forget" in needs:
-            batches["forget"] = self._batch([self.forget_tok[i] for i in self._local(forget_idx)])
+            items = [self.forget_tok[i] for i in self._local(forget_idx)]
+            if not self.method.forget_eos_is_target:
+                items = [_without_final_eos(t, self.tokenizer.eos_token_id) for t in items]
+            batches["forget"] = self._batch(items, filler=self.forget_tok[forget_idx[0]])
         if "retain" in needs:
             retain_idx = next(self.retain_stream)
-            batches["retain"] = self._batch([self.retain_tok[i] for i in self._local(retain_idx)])
+            batches["retain"] = self._batch([self.retain_tok[i] for i in self._local(retain_idx)],
+                                            filler=self.retain_tok[retain_idx[0]])
         if "random" in needs:
             batches["random"] = self._random_batch(forget_idx, step, micro)
         return batches
+
+    def _attach_normalisers(self, micro_batches: list[dict[str, dict]]) -> None:
+        """Give each batch the normaliser of its kind over the whole optimizer step.
+
+        The answer tokens of each kind (forget, retain, random) are counted over
+        every micro-batch and every process; each part divides by that count over
+        ``micro-batches x processes`` (see :mod:`unlearnkit.losses`).
+        """
+        kinds = sorted({k for batches in micro_batches for k in batches})
+        if not kinds:
+            return
+        counts = [float(sum(int((b[k]["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)) for k in kinds]
+        world = self.acc.num_processes
+        local = torch.tensor(counts, dtype=torch.float64 if self.acc.device.type == "cpu" else torch.float32,
+                             device=self.acc.device)
+        total = self.acc.reduce(local, reduction="sum") if world > 1 else local
+        parts = len(micro_batches) * world
+        for batches in micro_batches:
+            for j, k in enumerate(kinds):
+                batches[k]["normaliser"] = (total[j] / parts).to(torch.float32)
+
+    def _global_stats(self, ctx_args: dict, micro_batches: list[dict[str, dict]]) -> dict[str, float]:
+        """The step-wide values of the method's hinge / clamp statistics (one pass without gradient)."""
+        sums: dict[str, float] = {}
+        with torch.no_grad():
+            for batches in micro_batches:
+                with self.acc.autocast():
+                    stats = self.method.global_stats(LossContext(**ctx_args), batches)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+        parts = len(micro_batches) * self.acc.num_processes
+        return {k: _sum_across(self.acc, v) / parts for k, v in sorted(sums.items())}
+
+    def _forward_backward(self, step: int, micro_batches: list[dict[str, dict]]):
+        """Every micro-batch's loss and backward pass; returns (finite, loss, terms).
+
+        Whether a loss is finite is agreed by all processes BEFORE its backward
+        pass, so a NaN on one process stops every process at the same point
+        (none is left waiting in a gradient all-reduce).
+        """
+        acc, model = self.acc, self.model
+        ga = len(micro_batches)
+        unwrapped = acc.unwrap_model(model)
+        ctx_args = dict(model=model, denominator=self._denominator,
+                        reference=(lambda b: self.reference(unwrapped, b)) if self.reference else None, step=step)
+        self._attach_normalisers(micro_batches)
+        extras: dict = {}
+        if self.method.needs_global_stats and ga * acc.num_processes > 1:
+            extras["global"] = self._global_stats(ctx_args, micro_batches)
+        terms_acc: dict[str, float] = {}
+        total_loss = 0.0
+        for micro, batches in enumerate(micro_batches):
+            ctx = LossContext(**ctx_args, extras=extras)
+            sync = acc.no_sync(model) if (micro < ga - 1 and acc.num_processes > 1) else nullcontext()
+            with sync:
+                with acc.autocast():
+                    loss, terms = self.method.loss(ctx, batches)
+                if not _all_true(acc, bool(torch.isfinite(loss.detach()).all())):
+                    return False, float(loss.item()), dict(terms)
+                acc.backward(loss / ga)
+            total_loss += float(loss.item()) / ga
+            for k, v in terms.items():
+                terms_acc[k] = terms_acc.get(k, 0.0) + v / ga
+        return True, total_loss, terms_acc
 
     # -------------------------------------------------------------------- loop
     def _loop(self, start_step: int, before: dict | None) -> dict:
@@ -533,33 +652,13 @@ class Trainer:
         t0 = time.time()
         tokens_seen = 0
         last_terms: dict[str, float] = {}
-        unwrapped = acc.unwrap_model(model)
         while step < cfg.train.max_steps:
-            terms_acc: dict[str, float] = {}
-            total_loss = 0.0
-            finite = True
-            for micro in range(ga):
-                batches = self._step_batches(step, micro)
-                tokens_seen += sum(int(b["attention_mask"].sum()) for b in batches.values())
-                ctx = LossContext(
-                    model=model,
-                    denominator=self._denominator,
-                    reference=(lambda b: self.reference(unwrapped, b)) if self.reference else None,
-                    step=step,
-                )
-                sync = acc.no_sync(model) if (micro < ga - 1 and acc.num_processes > 1) else nullcontext()
-                with sync, acc.autocast():
-                    loss, terms = self.method.loss(ctx, batches)
-                if not torch.isfinite(loss):
-                    finite = False
-                    terms_acc = {k: v for k, v in terms.items()}
-                    total_loss = float(loss.item())
-                    break
-                acc.backward(loss / ga)
-                total_loss += float(loss.item()) / ga
-                for k, v in terms.items():
-                    terms_acc[k] = terms_acc.get(k, 0.0) + v / ga
-            finite = bool(_all_true(acc, finite))
+            micro_batches = [self._step_batches(step, micro) for micro in range(ga)]
+            for batches in micro_batches:
+                # Tokens of the rows that carry answer labels (a process's masked filler row is not data).
+                tokens_seen += sum(int(b["attention_mask"][(b["labels"] != IGNORE_INDEX).any(dim=1)].sum())
+                                   for b in batches.values())
+            finite, total_loss, terms_acc = self._forward_backward(step, micro_batches)
             if not finite:
                 self.optimizer.zero_grad(set_to_none=True)
                 status, reason = "stopped", f"non-finite loss ({total_loss}) at step {step + 1}; the update was not applied"
@@ -917,11 +1016,69 @@ def _resume_note(trainer: "Trainer") -> str:
     return "no checkpoint was written, so nothing can be resumed."
 
 
+def _warn_if_not_sharded(acc) -> None:
+    """accelerate runs FSDP only on accelerators: say so when an FSDP launch falls back on the CPU."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and acc.distributed_type != DistributedType.FSDP:
+        if acc.is_main_process:
+            print(f"warning: an FSDP launch runs as {acc.distributed_type.value} here (accelerate shards only on GPUs and "
+                  "other accelerators; on the CPU every process holds the whole model). See docs/training.md.", flush=True)
+
+
+def _without_final_eos(item: TokenizedExample, eos_id: int | None) -> TokenizedExample:
+    """The example with its closing EOS kept as input but masked out of the labels."""
+    if eos_id is None or not item.labels or item.labels[-1] != eos_id:
+        return item
+    return TokenizedExample(item.input_ids, [*item.labels[:-1], IGNORE_INDEX])
+
+
+def resolve_gradient_checkpointing(setting, method: Method, device_type: str) -> bool:
+    """Whether a run checkpoints its layers.
+
+    ``auto``: on under CUDA (memory is what a GPU lacks), off on the CPU, and
+    off wherever the method's loss cannot run with checkpointed layers (SKU's
+    ``anchor_negated`` flips the adapter inside the forward, and the recomputed
+    forward of the backward pass would not see it). ``true`` with such a method
+    is refused with the key named.
+    """
+    if setting is True:
+        if not method.supports_gradient_checkpointing:
+            raise ConfigError(
+                f"train.gradient_checkpointing: true cannot be used with method {method.name} as configured "
+                "(divergence anchor_negated recomputes the negated forward wrongly); set it to auto or false."
+            )
+        return True
+    if setting is False:
+        return False
+    return device_type == "cuda" and method.supports_gradient_checkpointing
+
+
+def check_forget_stop(cfg: RunConfig, where: str = "") -> None:
+    """``train.max_forget_loss`` is a ceiling on a RISING forget NLL; refuse it where the NLL falls."""
+    method = get_method(cfg.method["name"])
+    if cfg.train.max_forget_loss is not None and method.forget_loss_falls:
+        raise ConfigError(
+            f"invalid config{where}: train.max_forget_loss: method {method.name} lowers the forget NLL "
+            "(it learns data.forget), so a ceiling on it would stop the run at its first step; remove "
+            "train.max_forget_loss (it guards the gradient-ascent methods) or use max_steps / epochs."
+        )
+
+
 def _all_true(acc, flag: bool) -> bool:
     if acc.num_processes == 1:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
     return bool(acc.reduce(t, reduction="sum").item() == acc.num_processes)
+
+
+def _sum_across(acc, value: float) -> float:
+    if acc.num_processes == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64 if acc.device.type == "cpu" else torch.float32, device=acc.device)
+    return float(acc.reduce(t, reduction="sum").item())
 
 
 def _mean_across(acc, value: float) -> float:

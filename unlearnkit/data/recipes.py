@@ -192,6 +192,17 @@ def truthfulqa(rows: list[dict], answers: str = "best", *, source: str = "the da
     return out
 
 
+def _close_answer(answer: str) -> str:
+    """An answer as TruthfulQA's own scoring writes it: stripped, ending with '.'.
+
+    The official ``format_best`` / ``split_multi_answer`` add the period to every
+    CSV answer that does not end with one (even after '?' or '!'); the hub's
+    ``multiple_choice`` targets already carry it.
+    """
+    answer = answer.strip()
+    return answer if not answer or answer.endswith(".") else answer + "."
+
+
 def truthfulqa_mc(rows: list[dict], kind: str = "mc1", *, source: str = "the data") -> list[MCItem]:
     """TruthfulQA multiple-choice items (MC1: one true choice; MC2: several).
 
@@ -216,16 +227,16 @@ def truthfulqa_mc(rows: list[dict], kind: str = "mc1", *, source: str = "the dat
             choices, labels = _targets(_field(row, key, i, "truthfulqa_mc", source), key, i, source)
         else:
             incorrect_key = _pick(row, _TQA_INCORRECT) or _TQA_INCORRECT[0]
-            incorrect = _answer_list(
+            incorrect = [_close_answer(a) for a in _answer_list(
                 _tqa_get(row, _TQA_INCORRECT, i, "truthfulqa_mc", source), incorrect_key, i, "truthfulqa_mc", source
-            )
+            )]
             if kind == "mc1":
-                true = [str(_tqa_get(row, _TQA_BEST, i, "truthfulqa_mc", source)).strip()]
+                true = [_close_answer(str(_tqa_get(row, _TQA_BEST, i, "truthfulqa_mc", source)))]
             else:
                 correct_key = _pick(row, _TQA_CORRECT) or _TQA_CORRECT[0]
-                true = _answer_list(
+                true = [_close_answer(a) for a in _answer_list(
                     _tqa_get(row, _TQA_CORRECT, i, "truthfulqa_mc", source), correct_key, i, "truthfulqa_mc", source
-                )
+                )]
             choices = [*true, *incorrect]
             labels = [1] * len(true) + [0] * len(incorrect)
         if not any(labels) or all(labels):
@@ -339,7 +350,10 @@ def text_pairs(
 
     Pairs start every ``stride`` tokens (default ``K + M``: the pairs tile the text).
     Only full pairs are made; a pair whose prompt or continuation is blank is
-    skipped. meta: ``{"offset": first_token_index, "tokens": K + M}``.
+    skipped. meta: ``{"offset": first_token_index, "tokens": K + M, "continuation_ids": the M true token ids}``:
+    the continuation's text re-tokenised on its own is not always those ids (a
+    word cut at the prompt boundary merges differently), and memorisation is
+    measured against the ids the model would have to reproduce.
     """
     if prompt_tokens < 1 or continuation_tokens < 1:
         raise DataError(
@@ -357,7 +371,9 @@ def text_pairs(
         mid = start + prompt_tokens
         prompt, continuation = span(start, mid), span(mid, mid + continuation_tokens)
         if prompt.strip() and continuation.strip():
-            out.append(Example(prompt, continuation, {"offset": start, "tokens": prompt_tokens + continuation_tokens}))
+            out.append(Example(prompt, continuation,
+                               {"offset": start, "tokens": prompt_tokens + continuation_tokens,
+                                "continuation_ids": [int(t) for t in ids[mid : mid + continuation_tokens]]}))
     return out
 
 

@@ -162,8 +162,8 @@ def mc_scores(
     question: the sum of the log-probabilities of its answer tokens, WITHOUT an
     end-of-sequence token.
 
-    - MC1: fraction of items whose highest-scoring choice is a true one (ties go
-      to the first choice listed).
+    - MC1: fraction of items whose best true choice scores strictly above every
+      false one (the official ``>``: a tie is a miss).
     - MC2: mean over items of the total probability of the true choices, with the
       probabilities given by a softmax over the choices' total log-likelihoods.
 
@@ -202,6 +202,8 @@ def mc_scores(
         scores = torch.tensor(totals[pos : pos + len(item.choices)], dtype=torch.float64)
         pos += len(item.choices)
         truth = torch.tensor(item.labels, dtype=torch.bool)
-        mc1_hits += int(bool(truth[int(scores.argmax())]))
+        # A hit only when the true choice scores strictly above every false one
+        # (the official `>`): a tie is not a hit, whichever choice argmax lists first.
+        mc1_hits += int(bool(scores[truth].max() > scores[~truth].max()))
         mc2_sum += float(scores.softmax(dim=0)[truth].sum())
     return {"mc1": mc1_hits / len(items), "mc2": mc2_sum / len(items), "n": len(items)}

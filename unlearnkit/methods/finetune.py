@@ -33,6 +33,7 @@ class Finetune(Method):
     name = "finetune"
     Params = FinetuneParams
     needs = frozenset({"forget"})
+    forget_loss_falls = True
 
     @property
     def add_eos(self) -> bool:
@@ -40,5 +41,5 @@ class Finetune(Method):
 
     def loss(self, ctx: LossContext, batches):
         al = ctx.logits(batches["forget"])
-        nll = mean_nll(al, ctx.denominator(al.mask))
+        nll = mean_nll(al, ctx.normaliser(batches["forget"], al.mask))
         return nll, {"forget_nll": nll.item()}

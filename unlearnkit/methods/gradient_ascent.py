@@ -15,6 +15,8 @@ tokens, never over padding.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 
@@ -25,10 +27,23 @@ from unlearnkit.methods.base import LossContext, Method, MethodParams
 
 def _forget_terms(ctx: LossContext, batch: dict) -> torch.Tensor:
     al = ctx.logits(batch)
-    return mean_nll(al, ctx.denominator(al.mask))
+    return mean_nll(al, ctx.normaliser(batch, al.mask))
 
 
-class GAParams(MethodParams):
+# What happens to the end-of-sequence token that ends each forget answer.
+# "ascend" (default): it is part of the answer the model learned to give, and is
+# ascended with it (the published figures of this project were made so).
+# "exclude": it stays in the input but is not a target: the model is pushed away
+# from the answer's words, not from ending an answer (Yao et al.'s code appends
+# no EOS at all). See docs/methods.md.
+ForgetEOS = Literal["ascend", "exclude"]
+
+
+class AscentParams(MethodParams):
+    forget_eos: ForgetEOS = Field("ascend", description="ascend or exclude the EOS token ending each forget answer")
+
+
+class GAParams(AscentParams):
     pass
 
 
@@ -44,7 +59,7 @@ class GradientAscent(Method):
         return -forget_nll, {"forget_nll": forget_nll.item()}
 
 
-class GradientDifferenceParams(MethodParams):
+class GradientDifferenceParams(AscentParams):
     forget_weight: float = Field(1.0, ge=0)
     retain_weight: float = Field(1.0, ge=0)
 
@@ -61,12 +76,12 @@ class GradientDifference(Method):
         p = self.params
         forget_nll = _forget_terms(ctx, batches["forget"])
         retain_al = ctx.logits(batches["retain"])
-        retain_nll = mean_nll(retain_al, ctx.denominator(retain_al.mask))
+        retain_nll = mean_nll(retain_al, ctx.normaliser(batches["retain"], retain_al.mask))
         total = -p.forget_weight * forget_nll + p.retain_weight * retain_nll
         return total, {"forget_nll": forget_nll.item(), "retain_nll": retain_nll.item()}
 
 
-class LLMUnlearnParams(MethodParams):
+class LLMUnlearnParams(AscentParams):
     forget_weight: float = Field(0.5, ge=0)
     random_weight: float = Field(1.0, ge=0)
     retain_weight: float = Field(1.0, ge=0)
@@ -80,7 +95,7 @@ def random_mismatch_nll(ctx: LossContext, batch: dict) -> torch.Tensor:
     mean over it is the average over the random answers.
     """
     al = ctx.logits(batch)
-    return mean_nll(al, ctx.denominator(al.mask))
+    return mean_nll(al, ctx.normaliser(batch, al.mask))
 
 
 def retain_kl(ctx: LossContext, batch: dict) -> torch.Tensor:
@@ -88,7 +103,7 @@ def retain_kl(ctx: LossContext, batch: dict) -> torch.Tensor:
         raise RuntimeError("this method needs a reference model; the training loop provides one.")
     reference = ctx.reference(batch)
     current = ctx.logits(batch)
-    return kl_reference_current(reference.logits, current.logits, current.mask, ctx.denominator(current.mask))
+    return kl_reference_current(reference.logits, current.logits, current.mask, ctx.normaliser(batch, current.mask))
 
 
 @register

@@ -89,7 +89,9 @@ def negate_trained(model, reference, scale: float):
         return negate_lora_(model, scale)
     if reference is None or reference.frozen is None:
         raise RuntimeError("full-parameter negation needs the frozen original model.")
-    return negate_module_(model, reference.frozen, scale)
+    # The original in the trained weights' precision when the frozen copy is lower (reference_dtype).
+    source = reference.original if getattr(reference, "original", None) is not None else reference.frozen
+    return negate_module_(model, source, scale)
 
 
 def _lora_layers(model) -> list:
@@ -131,12 +133,13 @@ def negated_lora(model, scale: float):
             m.scaling.update(old)
 
 
-def retain_anchor(ctx: LossContext, batch: dict, measure: str, negated_scale: float | None) -> torch.Tensor:
-    """How far a copy moves the retain answers from the original.
+def retain_anchor_part(ctx: LossContext, batch: dict, measure: str, negated_scale: float | None) -> torch.Tensor:
+    """This batch's share of how far a copy moves the retain answers from the original (before any clamp).
 
     The copy is the trained model, or with ``negated_scale`` its negation
     theta_o - scale * (theta - theta_o). ``measure`` "kl": KL(original || copy);
-    "nll": max(0, NLL_copy - NLL_original) of the answers' own tokens.
+    "nll": NLL_copy - NLL_original of the answers' own tokens (the anchor clamps
+    its step-wide value at zero).
     """
     if ctx.reference is None:
         raise RuntimeError("this method needs a reference model; the training loop provides one.")
@@ -146,11 +149,20 @@ def retain_anchor(ctx: LossContext, batch: dict, measure: str, negated_scale: fl
     else:
         with negated_lora(ctx.model, negated_scale):
             current = ctx.logits(batch)
-    denominator = ctx.denominator(current.mask)
+    denominator = ctx.normaliser(batch, current.mask)
     if measure == "kl":
         return kl_reference_current(reference.logits, current.logits, current.mask, denominator)
-    rise = mean_nll(current, denominator) - mean_nll(reference, denominator)
-    return torch.clamp(rise, min=0.0)
+    return mean_nll(current, denominator) - mean_nll(reference, denominator)
+
+
+def retain_anchor(ctx: LossContext, batch: dict, measure: str, negated_scale: float | None) -> torch.Tensor:
+    """The anchor term: KL(original || copy), or max(0, NLL_copy - NLL_original) of the step."""
+    part = retain_anchor_part(ctx, batch, measure, negated_scale)
+    if measure == "kl":
+        return part
+    # Clamp the step-wide rise, not this micro-batch's or process's part of it:
+    # the gate is the same on every part, so the parts add up to the clamped mean.
+    return part if ctx.global_value("retain_nll_rise", part) > 0 else part * 0.0
 
 
 @register
@@ -165,15 +177,38 @@ class SKU(Method):
     # Training makes a harmful copy; the unlearned model is its negation.
     negates = True
 
+    # The forget NLL falls in stage 1 (the copy learns the harmful answers).
+    forget_loss_falls = True
+
     @property
     def batch_needs(self) -> frozenset[str]:
         # With e2 = 0 the random-disassociation batch is not even built.
         return self.needs if self.params.e2 > 0 else self.needs - {"random"}
 
+    @property
+    def supports_gradient_checkpointing(self) -> bool:
+        # anchor_negated flips the adapter scalings inside the forward; a
+        # checkpointed layer would recompute it un-negated during backward.
+        return self.params.divergence != "anchor_negated"
+
+    @property
+    def needs_global_stats(self) -> bool:
+        p = self.params
+        return p.e3 > 0 and (p.divergence == "hinge" or (p.divergence.startswith("anchor") and p.anchor_measure == "nll"))
+
+    def global_stats(self, ctx: LossContext, batches):
+        p = self.params
+        if p.divergence == "hinge":
+            return {"retain_kl": retain_kl(ctx, batches["retain"])}
+        if p.divergence.startswith("anchor") and p.anchor_measure == "nll":
+            scale = p.negation_scale if p.divergence == "anchor_negated" else None
+            return {"retain_nll_rise": retain_anchor_part(ctx, batches["retain"], "nll", scale)}
+        return {}
+
     def loss(self, ctx: LossContext, batches):
         p = self.params
         al = ctx.logits(batches["forget"])
-        harmful_nll = mean_nll(al, ctx.denominator(al.mask))
+        harmful_nll = mean_nll(al, ctx.normaliser(batches["forget"], al.mask))
         terms = {"forget_nll": harmful_nll.item()}
         total = p.e1 * harmful_nll
         if p.e2 > 0:
@@ -187,7 +222,12 @@ class SKU(Method):
             terms["retain_kl" if p.anchor_measure == "kl" else "retain_nll_rise"] = divergence.item()
         else:
             kl = retain_kl(ctx, batches["retain"])
-            divergence = -kl if p.divergence == "unbounded" else torch.clamp(p.kl_target - kl, min=0.0)
+            if p.divergence == "unbounded":
+                divergence = -kl
+            else:
+                # The hinge of the step-wide KL (the mean of hinges is not the hinge of the mean).
+                active = p.kl_target - ctx.global_value("retain_kl", kl) > 0
+                divergence = (p.kl_target - kl) if active else kl * 0.0
             terms["retain_kl"] = kl.item()
         return total + p.e3 * divergence, terms
 
@@ -208,10 +248,11 @@ class TaskVector(Method):
     needs = frozenset({"forget"})
     needs_reference = False
     negates = True
+    forget_loss_falls = True
 
     def loss(self, ctx, batches):
         al = ctx.logits(batches["forget"])
-        nll = mean_nll(al, ctx.denominator(al.mask))
+        nll = mean_nll(al, ctx.normaliser(batches["forget"], al.mask))
         return nll, {"forget_nll": nll.item()}
 
     def finalize(self, model, reference):
