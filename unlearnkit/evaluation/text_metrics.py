@@ -54,7 +54,7 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(unique) / total if total else 0.0
 
 
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
     """Length of the longest common subsequence (O(len(a)*len(b)) time, O(len(b)) memory)."""
     if not a or not b:
         return 0
@@ -74,7 +74,7 @@ def rouge_l(prediction: str, reference: str) -> float:
     F1 = 2PR / (P + R). Returns 0.0 when either text has no words or they share none.
     """
     pred, ref = words(prediction), words(reference)
-    lcs = _lcs_length(pred, ref)
+    lcs = lcs_length(pred, ref)
     if lcs == 0:
         return 0.0
     precision = lcs / len(pred)

@@ -179,15 +179,9 @@ def rouge_tokens(text: str, stemmer: Callable[[str], str] | None = None) -> list
 
 
 def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0] * (len(b) + 1)
-        for j, y in enumerate(b, start=1):
-            cur[j] = prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1])
-        prev = cur
-    return prev[-1]
+    from unlearnkit.evaluation.text_metrics import lcs_length
+
+    return lcs_length(a, b)
 
 
 def rouge_l_recall(prediction: str, reference: str, stemmer: Callable[[str], str] | None = None) -> float:
