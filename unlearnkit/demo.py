@@ -169,14 +169,10 @@ def split_demo_prompts(harmful: list[str], normal: list[str], opts: DemoOptions)
 
 
 def _distinct(prompts: list[str]) -> list[str]:
-    from unlearnkit.data.audit import normalise
+    """One prompt per normalised text, the first kept (the data sets' own duplicate rule)."""
+    from unlearnkit.data.audit import dedupe
 
-    seen: dict[str, str] = {}
-    for p in prompts:
-        key = normalise(p)
-        if key:
-            seen.setdefault(key, p)
-    return list(seen.values())
+    return [p for p in dedupe(prompts)[0] if p.strip()]
 
 
 def _fingerprint(obj: Any) -> str:

@@ -152,18 +152,11 @@ def _keys(items: Iterable) -> tuple[dict[str, str], dict[str, str]]:
     return prompts, responses
 
 
-def overlap(a: Iterable, b: Iterable) -> dict:
-    """Shared normalised prompts and responses of two sets, with one example of each."""
-    pa, ra = _keys(a)
-    pb, rb = _keys(b)
-    shared_p = sorted(set(pa) & set(pb))
-    shared_r = sorted(set(ra) & set(rb))
-    return {
-        "shared_prompts": len(shared_p),
-        "shared_responses": len(shared_r),
-        "example_prompt": pa[shared_p[0]][:200] if shared_p else None,
-        "example_response": ra[shared_r[0]][:200] if shared_r else None,
-    }
+def overlap(a: Sequence, b: Sequence) -> dict:
+    """Shared normalised prompts and responses of two sets, with one example of each (from ``a``)."""
+    row = audit({"b": b}, {"a": a})["pairs"][0]
+    return {"shared_prompts": row["shared_prompts"], "shared_responses": row["shared_responses"],
+            "example_prompt": row.get("example_prompt"), "example_response": row.get("example_response")}
 
 
 def audit(trained: dict[str, Sequence], evaluated: dict[str, Sequence]) -> dict:
@@ -213,12 +206,6 @@ def trained_keys(sets: dict[str, Sequence]) -> tuple[set[str], set[str]]:
         prompts |= set(p)
         responses |= set(r)
     return prompts, responses
-
-
-def drop_trained(items: Sequence, prompts: set[str], responses: set[str]) -> tuple[list, int]:
-    """Items whose prompt (or question) or response was trained on are removed."""
-    kept = [it for it in items if prompt_key(it) not in prompts and (response_key(it) is None or response_key(it) not in responses)]
-    return kept, len(items) - len(kept)
 
 
 # --------------------------------------------------------------------------- run folders

@@ -42,9 +42,8 @@ class TrainedContent:
         spans: set[int] = set()
         for items in sets.values():
             for it in items:
-                text = it.response if isinstance(it, Example) else str(it)
-                if isinstance(it, Example) and not it.prompt.strip():
-                    spans |= _shingles(text)
+                if isinstance(it, Example) and not it.prompt.strip():  # a raw text
+                    spans |= _shingles(it.response)
         return cls(prompts, responses, spans, [source] if source else [])
 
     def merge(self, other: "TrainedContent") -> "TrainedContent":

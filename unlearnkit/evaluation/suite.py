@@ -252,6 +252,10 @@ class _Context:
         # What the model was trained on (a TrainedContent), or None: scored as is.
         self.trained = trained
 
+    def eval_set(self, option: str, src: DataSourceConfig) -> tuple[list, int]:
+        """The evaluation part of a source (see :func:`_eval_part`) without the items the run trained on."""
+        return self.untrained(_eval_part(option, src, self.tokenizer))
+
     def untrained(self, items: list) -> tuple[list, int]:
         """(the items the run never trained on, how many were dropped)."""
         if self.trained is None:
@@ -308,7 +312,7 @@ def suite_harm(ctx: _Context, judges: dict) -> dict:
             held, dropped["forget_heldout"] = ctx.untrained(held)
             sets["forget_heldout"] = _unique_prompts(held, cap)
     if o.unseen_prompts is not None:
-        unseen, dropped["unseen"] = ctx.untrained(_eval_part("unseen_prompts", o.unseen_prompts, ctx.tokenizer))
+        unseen, dropped["unseen"] = ctx.eval_set("unseen_prompts", o.unseen_prompts)
         sets["unseen"] = _unique_prompts(unseen, cap)
     sets = {k: v for k, v in sets.items() if v}
     if not sets:
@@ -343,8 +347,8 @@ def suite_truthfulqa(ctx: _Context) -> dict:
         raise ConfigError("the truthfulqa suite needs the truthfulqa data option.")
     cap = o.cap(o.truthfulqa_limit)
     # Questions the run trained on (a TruthfulQA retain set) are not scored.
-    mc1, dropped = ctx.untrained(_eval_part("truthfulqa", o.truthfulqa.model_copy(update={"mc": "mc1"}), ctx.tokenizer))
-    mc2, _ = ctx.untrained(_eval_part("truthfulqa", o.truthfulqa.model_copy(update={"mc": "mc2"}), ctx.tokenizer))
+    mc1, dropped = ctx.eval_set("truthfulqa", o.truthfulqa.model_copy(update={"mc": "mc1"}))
+    mc2, _ = ctx.eval_set("truthfulqa", o.truthfulqa.model_copy(update={"mc": "mc2"}))
     if not mc1:
         raise DataError(f"the truthfulqa suite has no question left: all {dropped} were trained on by the run.")
     mc1, mc2 = _capped(mc1, cap), _capped(mc2, cap)
@@ -360,7 +364,7 @@ def suite_perplexity(ctx: _Context) -> dict:
     o = ctx.options
     if o.perplexity_texts is None:
         raise ConfigError("the perplexity suite needs the perplexity_texts data option.")
-    items, dropped = ctx.untrained(_eval_part("perplexity_texts", o.perplexity_texts, ctx.tokenizer))
+    items, dropped = ctx.eval_set("perplexity_texts", o.perplexity_texts)
     if not items:
         raise DataError(f"the perplexity suite has no text left: all {dropped} were trained on by the run.")
     items = _capped(items, o.cap(o.perplexity_limit))
@@ -406,7 +410,7 @@ def suite_normal(ctx: _Context, holder: dict, original, base_cfg) -> dict:
     o = ctx.options
     if o.normal_prompts is None:
         raise ConfigError("the normal suite needs the normal_prompts data option.")
-    normal, dropped = ctx.untrained(_eval_part("normal_prompts", o.normal_prompts, ctx.tokenizer))
+    normal, dropped = ctx.eval_set("normal_prompts", o.normal_prompts)
     prompts = _unique_prompts(normal, o.cap(o.normal_limit))
     if not prompts:
         raise DataError("normal_prompts gave no prompt" + (f" the run did not train on ({dropped} dropped)." if dropped else "."))
