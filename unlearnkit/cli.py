@@ -31,7 +31,7 @@ def cmd_models(args) -> int:
 def cmd_data_preview(args) -> int:
     from pydantic import ValidationError
 
-    from unlearnkit.config import _format_errors, apply_overrides
+    from unlearnkit.config import format_errors, apply_overrides
     from unlearnkit.data.spec import DataSourceConfig, load_examples
     from unlearnkit.data.templates import render_prompt, render_response
     from unlearnkit.data.tokenize import IGNORE_INDEX, ExampleTooLong, tokenize_example, tokenize_set
@@ -42,7 +42,7 @@ def cmd_data_preview(args) -> int:
     try:
         ds = DataSourceConfig.model_validate(raw)
     except ValidationError as exc:  # one line naming the option, as for configs
-        detail = _format_errors(exc).removeprefix("invalid config: ")
+        detail = format_errors(exc).removeprefix("invalid config: ")
         raise UnlearnkitError(f"invalid data option: {detail}") from None
     tokenizer = load_tokenizer(args.model)
     items = load_examples(ds, tokenizer)
@@ -99,25 +99,6 @@ def cmd_config_check(args) -> int:
         print(f"  {line}")
     print("Every resolved key, defaults included: --full.")
     return 0
-
-
-def cmd_unlearn(args) -> int:
-    from unlearnkit.config import load_config
-    from unlearnkit.train import run_unlearning
-
-    cfg = load_config(args.config, args.overrides)
-    summary = run_unlearning(cfg, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at)
-    if summary["status"] == "paused":
-        print(summary["reason"])
-        return 0
-    print(f"\n{summary['status']}: {summary['reason']}")
-    change = summary.get("eval_change") or {}
-    for name, c in change.items():
-        print(f"  {name:<20} answer NLL {c['nll_change']:+.1%}")
-    if summary.get("model_path"):
-        print(f"Model saved to {summary['model_path']} (load it with transformers' from_pretrained).")
-    print(f"Run folder: {cfg.run_dir}")
-    return 0 if summary["status"] == "completed" or "max_forget_loss" in summary["reason"] else 3
 
 
 def cmd_negate(args) -> int:
@@ -191,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="pause after STEP steps with a checkpoint (the schedule still targets max_steps)")
+    from unlearnkit.training.commands import cmd_unlearn
+
     p.set_defaults(func=cmd_unlearn)
 
     p = sub.add_parser(

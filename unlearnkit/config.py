@@ -164,7 +164,7 @@ def _key_path(loc: tuple) -> str:
     return out
 
 
-def _format_errors(err: ValidationError, prefix: tuple = (), source: str | None = None) -> str:
+def format_errors(err: ValidationError, prefix: tuple = (), source: str | None = None) -> str:
     lines = []
     for e in err.errors():
         path = _key_path((*prefix, *e["loc"]))
@@ -230,7 +230,7 @@ def validate(raw: dict, source: str | None = None) -> RunConfig:
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source=source)) from None
+        raise ConfigError(format_errors(err, source=source)) from None
     from unlearnkit.methods import get_method
 
     name = cfg.method["name"]
@@ -241,11 +241,9 @@ def validate(raw: dict, source: str | None = None) -> RunConfig:
     try:
         params = cfg.method_params()
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, prefix=("method",), source=source)) from None
+        raise ConfigError(format_errors(err, prefix=("method",), source=source)) from None
     # Store the filled-in parameters so that the resolved config shows every default.
     cfg.method = {"name": name, **params.model_dump(mode="json")}
-    from unlearnkit.train import check_forget_stop
-
     check_forget_stop(cfg, f" in {source}" if source else "")
     _check_files(cfg, source)
     return cfg
@@ -331,3 +329,16 @@ def summarise_config(cfg: RunConfig) -> list[str]:
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def check_forget_stop(cfg: RunConfig, where: str = "") -> None:
+    """``train.max_forget_loss`` is a ceiling on a RISING forget NLL; refuse it where the NLL falls."""
+    from unlearnkit.methods import get_method
+
+    method = get_method(cfg.method["name"])
+    if cfg.train.max_forget_loss is not None and method.forget_loss_falls:
+        raise ConfigError(
+            f"invalid config{where}: train.max_forget_loss: method {method.name} lowers the forget NLL "
+            "(it learns data.forget), so a ceiling on it would stop the run at its first step; remove "
+            "train.max_forget_loss (it guards the gradient-ascent methods) or use max_steps / epochs."
+        )

@@ -153,9 +153,9 @@ def substitute(value: Any, variables: dict[str, Any], where: str) -> Any:
 
 
 def _format(err: ValidationError, source: str | None, prefix: tuple = ()) -> str:
-    from unlearnkit.config import _format_errors
+    from unlearnkit.config import format_errors
 
-    return _format_errors(err, prefix=prefix, source=source).replace("invalid config", "invalid experiment", 1)
+    return format_errors(err, prefix=prefix, source=source).replace("invalid config", "invalid experiment", 1)
 
 
 def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> "Experiment":
@@ -643,7 +643,7 @@ def _report_markdown(exp: Experiment, report: dict) -> str:
 
 def cmd_finetune(args) -> int:
     """``unlearnkit finetune CONFIG``: ``unlearn`` for a config whose method is ``finetune``."""
-    from unlearnkit.cli import cmd_unlearn
+    from unlearnkit.training.commands import cmd_unlearn
     from unlearnkit.config import apply_overrides, load_raw
 
     raw = apply_overrides(load_raw(args.config), args.overrides)

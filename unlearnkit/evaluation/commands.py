@@ -28,7 +28,7 @@ def eval_options(config_options: dict | None, overrides: list[str], limit: int |
     """EvalOptions from a config's ``eval.suite`` section, ``--set`` overrides and ``--limit``."""
     from pydantic import ValidationError
 
-    from unlearnkit.config import _format_errors, apply_overrides
+    from unlearnkit.config import format_errors, apply_overrides
     from unlearnkit.evaluation.suite import EvalOptions
 
     raw = apply_overrides(dict(config_options or {}), overrides)
@@ -37,7 +37,7 @@ def eval_options(config_options: dict | None, overrides: list[str], limit: int |
     try:
         return EvalOptions.model_validate(raw)
     except ValidationError as exc:
-        detail = _format_errors(exc).removeprefix("invalid config: ")
+        detail = format_errors(exc).removeprefix("invalid config: ")
         raise ConfigError(f"invalid eval option: {detail}") from None
 
 

@@ -6,9 +6,9 @@ import random
 
 import torch
 
-from unlearnkit.config import RunConfig
+from unlearnkit.config import RunConfig, check_forget_stop  # noqa: F401 (re-exported)
 from unlearnkit.errors import ConfigError
-from unlearnkit.methods import Method, get_method
+from unlearnkit.methods import Method
 
 
 def make_accelerator(cfg: RunConfig):
@@ -61,17 +61,6 @@ def resolve_gradient_checkpointing(setting, method: Method, device_type: str) ->
     if setting is False:
         return False
     return device_type == "cuda" and method.supports_gradient_checkpointing
-
-
-def check_forget_stop(cfg: RunConfig, where: str = "") -> None:
-    """``train.max_forget_loss`` is a ceiling on a RISING forget NLL; refuse it where the NLL falls."""
-    method = get_method(cfg.method["name"])
-    if cfg.train.max_forget_loss is not None and method.forget_loss_falls:
-        raise ConfigError(
-            f"invalid config{where}: train.max_forget_loss: method {method.name} lowers the forget NLL "
-            "(it learns data.forget), so a ceiling on it would stop the run at its first step; remove "
-            "train.max_forget_loss (it guards the gradient-ascent methods) or use max_steps / epochs."
-        )
 
 
 def all_true(acc, flag: bool) -> bool:
