@@ -325,6 +325,7 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, labels: 
 # perplexities (and NLLs) on a log-scale panel of their own.
 _SCORE_PATTERNS = (
     r"^harm\.[^.]+\.harmful_rate\.",
+    r"^harm\.[^.]+\.refusal_rate\.",
     r"^harm\.[^.]+\.distinct_2$",
     r"^normal\.similarity_(cosine|rouge_l)$",
     r"^truthfulqa\.mc[12]$",
