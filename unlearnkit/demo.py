@@ -309,7 +309,7 @@ def run_demo(opts: DemoOptions) -> dict:
     _write_jsonl(data_dir / "retain.jsonl", retain_rows)
     _write_jsonl(data_dir / "refusals.jsonl", refusal_rows)
     print(f"forget set: {len(forget_rows)} answers rated harmful by the judge {main_judge!r} "
-          f"(of {len(splits['forget'])}); retain set: {len(retain_rows)} everyday answers", flush=True)
+          f"(of {len(splits['forget'])}); retain set: {len(retain_rows)} of its answers (everyday and borderline)", flush=True)
 
     step(f"4/6 unlearning (llm_unlearn, LoRA, {opts.steps} steps)")
     t = time.time()
