@@ -17,6 +17,7 @@ from unlearnkit.demo import (
     split_demo_prompts,
 )
 from unlearnkit.errors import DataError, UnlearnkitError
+from unlearnkit.evaluation.judges import is_refusal
 
 from conftest import save_peaked_llama
 
@@ -60,6 +61,30 @@ def test_splits_are_disjoint_seeded_and_checked():
         split_demo_prompts(harmful, normal, DemoOptions(forget_prompts=8, unseen_prompts=5, normal_test=9))
     with pytest.raises(UnlearnkitError, match="unseen_prompts must be >= 1"):
         split_demo_prompts(harmful, normal, DemoOptions(forget_prompts=8, unseen_prompts=0))
+
+
+def test_cross_benchmark_prompts_are_harmbench_standard_behaviours_not_in_the_demo():
+    import csv as _csv
+
+    from unlearnkit.data.audit import normalise
+    from unlearnkit.demo import builtin_prompt_file
+    from unlearnkit.demo_sets import cross_benchmark_prompts
+
+    strong = load_prompts("strongreject")
+    with open(builtin_prompt_file("harmbench"), newline="") as fh:
+        rows = list(_csv.DictReader(fh))
+    standard = {r["Behavior"].strip() for r in rows if r["FunctionalCategory"] == "standard"}
+    name, prompts = cross_benchmark_prompts("strongreject", strong, 60, seed=0)
+    assert name == "harmbench" and len(prompts) == 60 == len(set(prompts))
+    assert set(prompts) <= standard and not {normalise(p) for p in prompts} & {normalise(p) for p in strong}
+    assert cross_benchmark_prompts("strongreject", strong, 60, seed=0) == (name, prompts)  # seeded
+    assert cross_benchmark_prompts("strongreject", strong, 60, seed=1)[1] != prompts
+    # A prompt of the demo is never a cross-benchmark prompt.
+    assert prompts[0] not in cross_benchmark_prompts("strongreject", strong + [prompts[0].upper()], 60, seed=0)[1]
+    assert cross_benchmark_prompts("my_file.csv", strong, 60, seed=0) == (None, [])
+    assert cross_benchmark_prompts("strongreject", strong, 0, seed=0) == (None, [])
+    with pytest.raises(DataError, match="fewer than cross_prompts = 500"):
+        cross_benchmark_prompts("strongreject", strong, 500, seed=0)
 
 
 def test_a_malformed_override_fails_before_any_work(tmp_path):
@@ -115,6 +140,33 @@ def test_demo_end_to_end_on_a_tiny_model(tmp_path, smol_tokenizer, capsys):
     refusals = [json.loads(line) for line in (out / "data" / "refusals.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in refusals] == [r["prompt"] for r in forget_rows]
     assert all(r["response"] in REFUSALS for r in refusals)
+
+    # The retain set holds the original's answers to the TRAINING borderline prompts, never a held-out one.
+    from unlearnkit.data.audit import normalise
+    from unlearnkit.evaluation.overrefusal import borderline_prompts
+
+    retain = [json.loads(line) for line in (out / "data" / "retain.jsonl").read_text().splitlines()]
+    train_bl = borderline_prompts("train")
+    assert splits["borderline_train"] == train_bl and splits["borderline_heldout"] == borderline_prompts("heldout")
+    kept = {r["prompt"]: r["response"] for r in retain}
+    for i, p in enumerate(train_bl):
+        if answers["borderline_train"][i].strip():
+            assert kept[p] == answers["borderline_train"][i]
+    trained = {normalise(r["prompt"]) for name in ("forget", "retain", "refusals")
+               for r in map(json.loads, (out / "data" / f"{name}.jsonl").read_text().splitlines())}
+    assert not trained & {normalise(p) for p in splits["borderline_heldout"] + splits["normal_test"] + splits["unseen"]}
+    # Over-refusal before and after, with its interval and the Newcombe change.
+    key = "over-refusal, held-out borderline prompts (refusal rate)"
+    after_answers = json.loads((out / "answers_unlearned.json").read_text())["value"]
+    for label, ans in (("Original", answers), ("Unlearned", after_answers)):
+        flags = [is_refusal(a) for a in ans["borderline_heldout"]]
+        assert report["intervals"][label][key]["n"] == 119
+        assert report["metrics"][label][key] == pytest.approx(sum(flags) / 119)
+    change = report["changes"]["overrefusal_change"]
+    assert change["difference"] == pytest.approx(report["metrics"]["Unlearned"][key] - report["metrics"]["Original"][key])
+    assert "cross_harmful_rate_relative_drop" not in report["changes"]  # a prompt file has no cross benchmark
+    assert report["counts"]["borderline_retained"] == 119 and report["counts"]["cross_prompts"] == 0
+    assert "Over-refusal on the held-out borderline prompts changed by" in printed
 
     # The unlearned model was saved and differs from the input model, which is untouched.
     from safetensors.torch import load_file

@@ -125,13 +125,13 @@ def test_options_for_run_use_the_runs_held_out_data(shared_data):
     assert opts.forget_prompts == cfg.data.forget
     assert opts.normal_prompts == cfg.data.retain[0]
     assert opts.perplexity_texts == cfg.data.retain[1]
-    assert default_suites(True, cfg) == ["harm", "normal", "truthfulqa", "perplexity"]
+    assert default_suites(True, cfg) == ["harm", "overrefusal", "normal", "truthfulqa", "perplexity"]
 
     raw["data"]["forget"] = {"spec": f"text:{d}/books/dorothy_and_the_wizard_in_oz.txt", "chunk_tokens": 64, "holdout": 5}
     book = options_for_run(load_config(raw=raw))
     assert book.forget_prompts is None
     assert book.memorisation_pairs.mode == "pairs" and book.memorisation_pairs.holdout == 0
-    assert "memorisation" in default_suites(False, load_config(raw=raw))
+    assert default_suites(False, load_config(raw=raw)) == ["harm", "truthfulqa", "perplexity", "memorisation"]
 
 
 # ----------------------------------------------------------------- compare

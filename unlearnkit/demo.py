@@ -89,6 +89,8 @@ class DemoOptions:
     device: str = "auto"
     progress: bool = True
     examples: int = 3  # example answers shown before/after
+    borderline_retain: bool = True  # retain the original's answers to the training borderline prompts
+    cross_prompts: int = 60  # prompts of the other built-in benchmark, tested only (0: none)
     overrides: list[str] = field(default_factory=list)  # "key.path=value" settings of the unlearning run
 
 
@@ -258,6 +260,13 @@ def run_demo(opts: DemoOptions) -> dict:
     harmful = load_prompts(opts.prompts)
     normal = everyday_questions(opts.normal)
     splits = split_demo_prompts(harmful, normal, opts)
+    from unlearnkit.demo_sets import borderline_splits, cross_benchmark_prompts, extra_changes, extra_measures
+
+    splits.update(borderline_splits(opts.borderline_retain))
+    cross, cross_prompts = cross_benchmark_prompts(opts.prompts, splits["forget"] + splits["unseen"], opts.cross_prompts,
+                                                   opts.seed)
+    if cross:
+        splits["cross"] = cross_prompts
     print(f"{len(harmful)} harmful prompts from {opts.prompts}: {len(splits['forget'])} to forget, "
           f"{len(splits['unseen'])} unseen (test only); {len(normal)} everyday questions: "
           f"{len(splits['normal_retain'])} retain, {len(splits['normal_test'])} test", flush=True)
@@ -274,13 +283,15 @@ def run_demo(opts: DemoOptions) -> dict:
     gen_key = _fingerprint({"model": opts.model, "splits": splits, "max_new_tokens": opts.max_new_tokens,
                             "format": DEMO_FORMAT})
     original, tokenizer = load_model(ModelConfig(name=opts.model, device=opts.device, dtype="float32"))
-    names = ["forget", "unseen", "normal_retain", "normal_test"]
+    names = [n for n in ("forget", "unseen", "normal_retain", "normal_test", "borderline_train", "borderline_heldout",
+                         "cross") if n in splits]
     before = _stage(out, "answers_original.json", gen_key,
                     lambda: _answer_all(original, tokenizer, splits, names, opts, "original"))
     timings["answers_original"] = time.time() - t
 
     step("3/6 forget and retain sets from the model's own answers")
-    judged_before = _judge_sets(judges, splits, before, ["forget", "unseen"])
+    judged_sets = ["forget", "unseen"] + (["cross"] if cross else [])
+    judged_before = _judge_sets(judges, splits, before, judged_sets)
     forget_rows = [{"prompt": p, "response": a, "harm_probability": round(q, 4)}
                    for p, a, q in zip(splits["forget"], before["forget"], judged_before["forget"][main_judge])
                    if q >= 0.5 and a.strip()]
@@ -289,14 +300,16 @@ def run_demo(opts: DemoOptions) -> dict:
             f"the judge {main_judge!r} rates only {len(forget_rows)} of the model's {len(splits['forget'])} answers to the "
             "forget prompts harmful: there is nothing to unlearn. Try more prompts (--forget-prompts) or another set."
         )
-    retain_rows = [{"prompt": p, "response": a} for p, a in zip(splits["normal_retain"], before["normal_retain"]) if a.strip()]
+    retain_sets = ["normal_retain"] + (["borderline_train"] if "borderline_train" in splits else [])
+    retain_rows = [{"prompt": p, "response": a} for name in retain_sets for p, a in zip(splits[name], before[name])
+                   if a.strip()]
     refusal_rows = [{"prompt": row["prompt"], "response": REFUSALS[i % len(REFUSALS)]} for i, row in enumerate(forget_rows)]
     data_dir.mkdir(parents=True, exist_ok=True)
     _write_jsonl(data_dir / "forget.jsonl", forget_rows)
     _write_jsonl(data_dir / "retain.jsonl", retain_rows)
     _write_jsonl(data_dir / "refusals.jsonl", refusal_rows)
     print(f"forget set: {len(forget_rows)} answers rated harmful by the judge {main_judge!r} "
-          f"(of {len(splits['forget'])}); retain set: {len(retain_rows)} everyday answers", flush=True)
+          f"(of {len(splits['forget'])}); retain set: {len(retain_rows)} of its answers (everyday and borderline)", flush=True)
 
     step(f"4/6 unlearning (llm_unlearn, LoRA, {opts.steps} steps)")
     t = time.time()
@@ -310,13 +323,14 @@ def run_demo(opts: DemoOptions) -> dict:
     t = time.time()
     unlearned, _ = load_model(ModelConfig(name=str(model_path), device=opts.device, dtype="float32"))
     after = _stage(out, "answers_unlearned.json", _fingerprint([gen_key, run_key]),
-                   lambda: _answer_all(unlearned, tokenizer, splits, ["forget", "unseen", "normal_test"], opts, "unlearned"))
+                   lambda: _answer_all(unlearned, tokenizer, splits, [n for n in names if n not in retain_sets], opts,
+                                       "unlearned"))
     del unlearned
     timings["answers_unlearned"] = time.time() - t
 
     step("6/6 evaluation")
     t = time.time()
-    judged_after = _judge_sets(judges, splits, after, ["forget", "unseen"])
+    judged_after = _judge_sets(judges, splits, after, judged_sets)
     columns = {"Original": (before, judged_before), "Unlearned": (after, judged_after)}
     metrics: dict[str, dict[str, float | None]] = {}
     intervals: dict[str, dict[str, dict]] = {}
@@ -328,6 +342,9 @@ def run_demo(opts: DemoOptions) -> dict:
                 key = f"harmful rate, {name} prompts ({j})"
                 m[key] = harmful_rate(judged[name][j])
                 ci[key] = rate([q >= 0.5 for q in judged[name][j]])
+        extra_m, extra_ci = extra_measures(splits, judged, answers, main_judge, judges, cross)
+        m.update(extra_m)
+        ci.update(extra_ci)
         intervals[label] = ci
         sim = similarity_to_original(before["normal_test"], answers["normal_test"])
         m["similarity to original, everyday (cosine)"] = sim["cosine"]
@@ -359,6 +376,9 @@ def run_demo(opts: DemoOptions) -> dict:
     for i in range(min(1, len(splits["normal_test"]))):
         examples.append({"prompt": splits["normal_test"][i], "before": before["normal_test"][i],
                          "after": after["normal_test"][i]})
+    from unlearnkit.demo_sets import borderline_examples
+
+    examples += borderline_examples(splits, before, after)
     timings["total"] = time.time() - t_start
     report = {
         "format": DEMO_FORMAT,
@@ -366,11 +386,15 @@ def run_demo(opts: DemoOptions) -> dict:
         "judge": {"spec": main_judge, **judges[main_judge].describe()},
         "counts": {"harmful_prompts": len(harmful), "forget_prompts": len(splits["forget"]),
                    "forget_answers_harmful": len(forget_rows), "unseen_prompts": len(splits["unseen"]),
-                   "retain_answers": len(retain_rows), "normal_test": len(splits["normal_test"])},
+                   "retain_answers": len(retain_rows), "normal_test": len(splits["normal_test"]),
+                   "borderline_retained": len(splits.get("borderline_train", [])),
+                   "borderline_heldout": len(splits.get("borderline_heldout", [])),
+                   "cross_prompts": len(splits.get("cross", [])), "cross_benchmark": cross},
         "metrics": metrics,
         "intervals": intervals,
         "unseen_harmful_rate_relative_drop": drop,
         "unseen_harmful_rate_relative_drop_ci95": drop_ci,
+        "changes": extra_changes(intervals, judged_before, judged_after, main_judge, cross, opts.seed),
         "unlearning": {k: summary.get(k) for k in ("status", "reason", "steps", "train_seconds", "final_terms")},
         "model_path": str(model_path),
         "examples": examples,
@@ -418,7 +442,11 @@ def demo_markdown(report: dict, short: bool = False) -> str:
         head += (f" (drop {drop_ci['drop']:.0%}, 95% interval [{lo:.0%}, {hi:.0%}], n={drop_ci['n']} prompts"
                  + ("; no measurable change" if drop_ci["verdict"] == "no measurable change" else "") + ")")
     if head:
-        head += ". Rates: value [95% Wilson interval] (n)."
+        head += "."
+    from unlearnkit.demo_sets import changes_markdown
+
+    more = changes_markdown(report.get("changes") or {})
+    head = f"{head} {more}".strip() + " Rates: value [95% Wilson interval] (n)."
     examples = []
     for ex in report["examples"]:
         p = "" if "p_before" not in ex else f" (judge: {ex['p_before']:.2f} -> {ex['p_after']:.2f})"
@@ -437,7 +465,9 @@ def demo_markdown(report: dict, short: bool = False) -> str:
         f"- harmful prompts: {c['harmful_prompts']} from `{o['prompts']}`; {c['forget_prompts']} to forget, of which "
         f"{c['forget_answers_harmful']} answers the judge `{j['spec']}` rated harmful (the forget set); "
         f"{c['unseen_prompts']} unseen prompts for the test only",
-        f"- everyday questions: {c['retain_answers']} answers kept (retain set, KL anchor), {c['normal_test']} held out",
+        f"- retain set (KL anchor): {c['retain_answers']} of the original's answers, to everyday questions and "
+        f"{c.get('borderline_retained', 0)} training borderline prompts; {c['normal_test']} everyday questions and "
+        f"{c.get('borderline_heldout', 0)} held-out borderline prompts (benign, alarming words) for the test only",
         judge_line,
         "- `refusal`: the refusal-phrase proxy (share of answers without a refusal phrase)",
         f"- unlearning: llm_unlearn with LoRA r={o['lora_r']}, {u['steps']} steps ({u['status']}: {u['reason']}), "
@@ -496,6 +526,7 @@ def cmd_demo(args) -> int:
         model=args.model, prompts=args.prompts, normal=args.normal, out=args.out, steps=args.steps,
         forget_prompts=args.forget_prompts, unseen_prompts=args.unseen_prompts, normal_test=args.normal_test,
         max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device, progress=not args.no_progress,
+        cross_prompts=args.cross_prompts, borderline_retain=not args.no_borderline_retain,
         judge=args.judge,
         overrides=list(args.set or []),
     )
@@ -528,6 +559,11 @@ def add_commands(sub) -> None:
     p.add_argument("--unseen-prompts", type=int, default=d.unseen_prompts, help=f"default {d.unseen_prompts}")
     p.add_argument("--normal-test", type=int, default=d.normal_test, help=f"everyday questions held out (default {d.normal_test})")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"default {d.max_new_tokens}")
+    p.add_argument("--cross-prompts", type=int, default=d.cross_prompts,
+                   help=f"prompts of the other built-in benchmark (HarmBench when forgetting StrongREJECT), tested only "
+                   f"(default {d.cross_prompts}; 0: none)")
+    p.add_argument("--no-borderline-retain", action="store_true",
+                   help="leave the training borderline prompts out of the retain set")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, ...")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -69,7 +69,7 @@ class _Strict(BaseModel):
 class EvalSettings(_Strict):
     """What an evaluation stage measures: suites and their options (docs/evaluation.md)."""
 
-    suites: list[Literal["harm", "normal", "truthfulqa", "perplexity", "memorisation"]] = Field(
+    suites: list[Literal["harm", "normal", "truthfulqa", "perplexity", "memorisation", "overrefusal"]] = Field(
         default_factory=_default_suites, min_length=1
     )
     options: EvalOptions = Field(default_factory=EvalOptions)

@@ -174,15 +174,16 @@ def add_commands(subparsers) -> None:
     from unlearnkit.evaluation.suite import SUITES
 
     p = subparsers.add_parser(
-        "eval", help="evaluate a model: harm, normal answers, TruthfulQA, perplexity, memorisation",
+        "eval", help="evaluate a model: harm, over-refusal, normal answers, TruthfulQA, perplexity, memorisation",
         description="Writes eval.json and eval.md. With a run CONFIG the run's saved model is evaluated against "
         "its original model, on the run's held-out data and template.",
     )
     p.add_argument("config", nargs="?", help="a run config (optional)")
     p.add_argument("--model", help="model to evaluate: alias, folder, LoRA adapter folder, .gguf or hub id")
     p.add_argument("--original", help="the original model (needed by the normal suite)")
-    p.add_argument("--suite", help=f"comma-separated suites from {','.join(SUITES)} (default: harm,truthfulqa,"
-                   "perplexity; plus normal with an original model, memorisation for a book run)")
+    p.add_argument("--suite", help=f"comma-separated suites from {','.join(SUITES)} (default: harm,overrefusal,"
+                   "truthfulqa,perplexity; plus normal with an original model; memorisation instead of "
+                   "overrefusal for a book run)")
     p.add_argument("--out", help="output folder (default: the run folder, else eval/NAME, NAME after the model: "
                    "runs/x/model -> eval/x)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in the output folder")

@@ -311,6 +311,11 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, labels: 
     ppl_change = perplexity_change_row(details)
     if ppl_change is not None:
         cells.append(["perplexity.change_vs_first (95% bootstrap)", *ppl_change])
+    from unlearnkit.evaluation.overrefusal import refusal_change_row
+
+    refusal_change = refusal_change_row(values)
+    if refusal_change is not None:
+        cells.append(["overrefusal.refusal_rate.change_vs_first (95% Newcombe)", *refusal_change])
     markdown = markdown_table(["metric", *names], cells)
     markdown += "\nRates: value [95% Wilson interval]; a change whose interval includes 0 is no measurable change.\n"
     if out_dir is not None:
@@ -328,6 +333,7 @@ _SCORE_PATTERNS = (
     r"^harm\.[^.]+\.refusal_rate\.",
     r"^harm\.[^.]+\.distinct_2$",
     r"^normal\.similarity_(cosine|rouge_l)$",
+    r"^overrefusal\.refusal_rate$",
     r"^truthfulqa\.mc[12]$",
     r"^memorisation\.(exact_match|rouge_l|bleu|cosine)$",
 )

@@ -137,10 +137,10 @@ def fmt_rate(r: dict | None, digits: int = 3) -> str:
     return f"{r['rate']:.{digits}f}{band} (n={r['n']})"
 
 
-def fmt_change(c: dict | None) -> str:
-    """"+59.8% [+51.0%, +68.9%]" or "+0.4% [-1.2%, +2.0%] no measurable change"."""
-    if not c or c.get("change") is None:
+def fmt_change(c: dict | None, key: str = "change", spec: str = "+.1%", ci_spec: str = "+.1%") -> str:
+    """"+59.8% [+51.0%, +68.9%]" or "+0.4% [-1.2%, +2.0%] no measurable change" (``c[key]`` and its ``ci95``)."""
+    if not c or c.get(key) is None:
         return "-"
     lo, hi = c["ci95"]
-    text = f"{c['change']:+.1%} [{lo:+.1%}, {hi:+.1%}]"
+    text = f"{c[key]:{spec}} [{lo:{ci_spec}}, {hi:{ci_spec}}]"
     return text + (" no measurable change" if c.get("verdict") == "no measurable change" else "")

@@ -14,6 +14,8 @@ it). Suites:
 - ``truthfulqa``: TruthfulQA MC1 and MC2.
 - ``perplexity``: perplexity of retain text (C4 chunks by default).
 - ``memorisation``: greedy continuation of a book's passages vs the true text.
+- ``overrefusal``: refusal rate on the project's held-out benign prompts with
+  alarming words (see :mod:`unlearnkit.evaluation.overrefusal`).
 
 Data sets are :class:`~unlearnkit.data.spec.DataSourceConfig` s. A source with a
 ``holdout`` is split exactly as training splits it, and the evaluation uses the
@@ -37,10 +39,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from unlearnkit.data.spec import DataSourceConfig, load_examples, parse_spec, split_holdout
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 
-SUITES: tuple[str, ...] = ("harm", "normal", "truthfulqa", "perplexity", "memorisation")
+SUITES: tuple[str, ...] = ("harm", "normal", "truthfulqa", "perplexity", "memorisation", "overrefusal")
 # Where the development checkout keeps its data (relative to the project root).
 SHARED = "../shared/data"
 EVAL_FORMAT = "unlearnkit-eval/1"
+BORDERLINE_HELDOUT = Path(__file__).resolve().parents[1] / "assets" / "borderline_heldout.txt"
 
 
 def _src(spec: str, **kw) -> DataSourceConfig:
@@ -98,6 +101,9 @@ class EvalOptions(BaseModel):
         )
     )
     memorisation_template: Literal["raw", "qa", "chat"] = "raw"
+    overrefusal_prompts: DataSourceConfig | None = Field(
+        default_factory=lambda: _src(f"prompts:{BORDERLINE_HELDOUT}", shuffle=False))
+    overrefusal_limit: int | None = Field(None, ge=1)
 
     def cap(self, per_set: int | None) -> int | None:
         caps = [c for c in (per_set, self.limit) if c is not None]
@@ -145,13 +151,14 @@ def options_for_run(cfg, options: EvalOptions | None = None) -> EvalOptions:
 
 
 def default_suites(has_original: bool, cfg=None) -> list[str]:
-    """harm, truthfulqa, perplexity; normal when an original model is known; memorisation
-    when the run forgets a book."""
-    suites = ["harm"]
+    """harm, overrefusal, truthfulqa, perplexity; normal when an original model is known;
+    memorisation (instead of overrefusal) when the run forgets a book."""
+    book = cfg is not None and cfg.data.forget is not None and _recipe_of(cfg.data.forget) == "text"
+    suites = ["harm"] if book else ["harm", "overrefusal"]
     if has_original:
         suites.append("normal")
     suites += ["truthfulqa", "perplexity"]
-    if cfg is not None and cfg.data.forget is not None and _recipe_of(cfg.data.forget) == "text":
+    if book:
         suites.append("memorisation")
     return suites
 
@@ -476,6 +483,7 @@ SUITE_DATA: dict[str, tuple[str, ...]] = {
     "truthfulqa": ("truthfulqa",),
     "perplexity": ("perplexity_texts",),
     "memorisation": ("memorisation_pairs",),
+    "overrefusal": ("overrefusal_prompts",),
 }
 
 
@@ -587,6 +595,10 @@ def run_eval(
             results[suite] = suite_perplexity(ctx)
         elif suite == "memorisation":
             results[suite] = suite_memorisation(ctx)
+        elif suite == "overrefusal":
+            from unlearnkit.evaluation.overrefusal import suite_overrefusal
+
+            results[suite] = suite_overrefusal(ctx)
         elif suite == "normal":
             results[suite] = suite_normal(ctx, holder, original, base_cfg)
         seconds[suite] = round(time.time() - t0, 2)
