@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from unlearnkit.data.spec import DataSourceConfig, load_examples, parse_spec, split_holdout
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 
-SUITES: tuple[str, ...] = ("harm", "normal", "truthfulqa", "perplexity", "memorisation")
+SUITES: tuple[str, ...] = ("harm", "normal", "truthfulqa", "perplexity", "memorisation", "attack")
 # Where the development checkout keeps its data (relative to the project root).
 SHARED = "../shared/data"
 EVAL_FORMAT = "unlearnkit-eval/1"
@@ -98,6 +98,8 @@ class EvalOptions(BaseModel):
         )
     )
     memorisation_template: Literal["raw", "qa", "chat"] = "raw"
+    # Options of the attack suite (unlearnkit.attacks.AttackOptions; docs/robustness.md).
+    attack: dict[str, Any] = Field(default_factory=dict)
 
     def cap(self, per_set: int | None) -> int | None:
         caps = [c for c in (per_set, self.limit) if c is not None]
@@ -582,6 +584,10 @@ def run_eval(
             results[suite] = suite_memorisation(ctx)
         elif suite == "normal":
             results[suite] = suite_normal(ctx, holder, original, base_cfg)
+        elif suite == "attack":
+            from unlearnkit.attacks.run import suite_attack
+
+            results[suite] = suite_attack(ctx, original, run_config)
         seconds[suite] = round(time.time() - t0, 2)
     judge_info = {label: j.describe() for label, j in judges.items()}
     results = {s: results[s] for s in suites}  # the order asked for
