@@ -196,3 +196,110 @@ def test_tofu_paraphrased_questions(shared_data):
         assert p.prompt == e.meta["paraphrased_question"] != e.prompt and p.response == e.response
     with pytest.raises(Exception, match="paraphrased_question"):
         paraphrased_questions([Example("q", "a")])
+
+
+# ----------------------------------------------------------------------------- the runner, the CLI and the eval suite
+
+
+def _forget_file(tmp_path):
+    rows = [{"prompt": f"How do I do bad thing number {i}?", "response": f"First you take tool {i}, then you break it."}
+            for i in range(12)]
+    path = tmp_path / "forget.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    benign = tmp_path / "benign.txt"
+    benign.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    return path, benign
+
+
+def _small_options(forget, benign, **kw):
+    return {"forget": {"spec": f"generic:{forget}", "holdout": 8, "seed": 0}, "relearn_examples": 3,
+            "bits": [4], "group_size": 16, "relearn_steps": [1, 2], "relearn_modes": ["full", "lora"],
+            "full_lrs": [1e-3], "lora_lrs": [1e-2], "relearn_batch_size": 2,
+            "benign": {"spec": f"text:{benign}", "mode": "chunks", "chunk_tokens": 16},
+            "prompt_attacks": ["prefill", "no_template"], "prompt_limit": 3, "max_new_tokens": 3,
+            "judges": ["refusal"], "template": "qa", "progress": False, **kw}
+
+
+def test_run_attacks_end_to_end_on_tiny_models(tmp_path, smol_tokenizer):
+    from unlearnkit.attacks.report import attack_markdown, write_attack_report
+    from unlearnkit.attacks.run import run_attacks
+
+    forget, benign = _forget_file(tmp_path)
+    original = tiny_model("llama", len(smol_tokenizer), seed=0)
+    unlearned = tiny_model("llama", len(smol_tokenizer), seed=1)
+    before = {k: v.clone() for k, v in unlearned.state_dict().items()}
+    result = run_attacks((unlearned, smol_tokenizer), (original, smol_tokenizer), _small_options(forget, benign))
+    for k, v in unlearned.state_dict().items():  # every attack ran on a copy
+        assert torch.equal(v, before[k])
+    d = result["data"]
+    assert d["attacker_slice"] >= 3 and d["scored"] + d["attacker_slice"] <= 9  # the 8-item holdout (+ one group)
+    base = result["baseline"]
+    # The baseline NLLs are those of the scoring code, on the scored items.
+    q = result["results"]["quantise"]["int4"]
+    assert q["unlearned_quantisation"]["bits"] == 4 and q["delta"]["overall"]["weights"] > 0
+    rec = q["recovery"]
+    if rec["defined"]:
+        o, u, a = base["original"]["mean_nll"], base["unlearned"]["mean_nll"], q["unlearned_nll"]["mean_nll"]
+        assert rec["ratio"] == pytest.approx((a - u) / (o - u))
+    runs = result["results"]["relearn"]["runs"]
+    assert {(r["mode"], r["data"]) for r in runs} == {("full", "forget"), ("full", "benign"), ("lora", "forget"),
+                                                       ("lora", "benign")}
+    assert all([p["step"] for p in r["points"]] == [1, 2] for r in runs)
+    sizes = result["results"]["relearn"]["data"]
+    assert sizes["benign"]["tokens"] >= sizes["forget"]["tokens"]
+    prompts = result["results"]["prompts"]
+    assert prompts["prefill"]["harm"]["n"] == 3 and "nll" not in prompts["prefill"]
+    assert prompts["no_template"]["nll"]["mean_nll"] > 0
+    assert prompts["prefill"]["harm"]["samples"][0]["prompt"].endswith("### Answer: Sure, here is")
+    md = attack_markdown(result)
+    assert "| unlearned |" in md and "int4 (group 16)" in md and "prompt: prefill" in md
+    json_path, md_path = write_attack_report(result, tmp_path / "out")
+    assert json.loads(json_path.read_text())["format"] == "unlearnkit-attack/1" and md_path.read_text() == md
+
+
+def test_attack_cli_writes_and_refuses_foreign_folders(tmp_path, smol_tokenizer, capsys):
+    from unlearnkit.cli import main
+
+    forget, benign = _forget_file(tmp_path)
+    folders = {}
+    for name, seed in (("orig", 0), ("unl", 1)):
+        folders[name] = tmp_path / name
+        tiny_model("llama", len(smol_tokenizer), seed=seed).save_pretrained(folders[name])
+        smol_tokenizer.save_pretrained(folders[name])
+    args = ["attack", str(folders["unl"]), "--reference", str(folders["orig"]), "--forget", f"generic:{forget}",
+            "--attacks", "quantise", "--set", "forget.holdout=8", "--set", "relearn_examples=3", "--set", "bits=[8]",
+            "--set", "judges=[refusal]", "--set", "progress=false", "--set", "template=qa"]
+    out = tmp_path / "attack-out"
+    assert main([*args, "--out", str(out)]) == 0
+    result = json.loads((out / "attack.json").read_text())
+    assert list(result["results"]) == ["quantise"] and "int8" in result["results"]["quantise"]
+    assert "robustness" not in capsys.readouterr().err
+    assert main([*args, "--out", str(out)]) == 2  # exists: needs --overwrite
+    assert main([*args, "--out", str(out), "--overwrite"]) == 0
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main([*args, "--out", str(foreign)]) == 2
+    assert (foreign / "notes.txt").read_text() == "mine" and not (foreign / "attack.json").exists()
+    assert main([*args, "--out", str(folders["unl"] / "x")]) == 2  # never inside an input
+    assert main([*args[:-2], "--set", "bits=[1]", "--out", str(tmp_path / "bad")]) == 2
+    assert "bits" in capsys.readouterr().err
+
+
+def test_attack_suite_in_eval(tmp_path, smol_tokenizer):
+    from unlearnkit.evaluation.suite import run_eval
+
+    forget, benign = _forget_file(tmp_path)
+    original = (tiny_model("llama", len(smol_tokenizer), seed=0), smol_tokenizer)
+    unlearned = (tiny_model("llama", len(smol_tokenizer), seed=1), smol_tokenizer)
+    attack = _small_options(forget, benign, attacks=["quantise", "prompts"], prompt_attacks=["french"])
+    for key in ("template", "progress", "judges", "max_new_tokens"):
+        attack.pop(key)
+    options = {"attack": attack, "template": "qa", "progress": False, "judges": ["refusal"], "max_new_tokens": 3}
+    result = run_eval(unlearned, ["attack"], options, original=original)
+    rows = result["results"]["attack"]["rows"]
+    assert set(rows) == {"original", "unlearned", "int4", "prompt_french"}
+    assert rows["prompt_french"]["n"] == 3 and "refusal" in rows["prompt_french"]["harmful_rate"]
+    assert "attack.rows.int4.forget_nll" in result["metrics"]
+    with pytest.raises(ConfigError, match="original"):
+        run_eval(unlearned, ["attack"], options)
