@@ -39,7 +39,7 @@ def cmd_attack(args) -> int:
         from unlearnkit.config import load_config
 
         cfg = load_config(args.config)
-        config_options = (cfg.eval.suite.attack or None) if hasattr(cfg.eval.suite, "attack") else None
+        config_options = cfg.eval.suite.attack or None
     options = attack_options(config_options, args.overrides, args.forget, args.attacks)
     out = Path(args.out) if args.out else Path("attack") / (Path(args.model).name or "model")
     check_outputs([("attack output", out)], [("model", Path(args.model)), ("reference", Path(args.reference))])
