@@ -276,7 +276,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("config", nargs="?", help="a run config (optional)")
     p.add_argument("--model", help="model to evaluate: alias, folder, LoRA adapter folder, .gguf or hub id")
     p.add_argument("--original", help="the original model (needed by the normal suite)")
-    p.add_argument("--suite", help=f"comma-separated suites from {','.join(SUITES)} (default: harm,truthfulqa,"
+    p.add_argument("--suite", help=f"comma-separated suites from {','.join(SUITES)},attack (default: harm,truthfulqa,"
                    "perplexity; plus normal with an original model, memorisation for a book run)")
     p.add_argument("--out", help="output folder (default: the run folder, else eval/NAME, NAME after the model: "
                    "runs/x/model -> eval/x)")
