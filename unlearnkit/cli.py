@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     from unlearnkit.demo import add_commands as add_demo_commands
 
     add_demo_commands(sub)  # demo
+    from unlearnkit.attacks.commands import add_attack_command
+
+    add_attack_command(sub)  # attack
     return parser
 
 

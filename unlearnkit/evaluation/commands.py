@@ -181,9 +181,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("config", nargs="?", help="a run config (optional)")
     p.add_argument("--model", help="model to evaluate: alias, folder, LoRA adapter folder, .gguf or hub id")
     p.add_argument("--original", help="the original model (needed by the normal suite)")
-    p.add_argument("--suite", help=f"comma-separated suites from {','.join(SUITES)} (default: harm,overrefusal,"
+    p.add_argument("--suite", help=f"comma-separated suites from {','.join(SUITES)},attack (default: harm,overrefusal,"
                    "truthfulqa,perplexity; plus normal with an original model; memorisation instead of "
-                   "overrefusal for a book run)")
+                   "overrefusal for a book run; attack only when named)")
     p.add_argument("--out", help="output folder (default: the run folder, else eval/NAME, NAME after the model: "
                    "runs/x/model -> eval/x)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in the output folder")

@@ -40,6 +40,8 @@ from unlearnkit.data.spec import DataSourceConfig, load_examples, parse_spec, sp
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 
 SUITES: tuple[str, ...] = ("harm", "normal", "truthfulqa", "perplexity", "memorisation", "overrefusal")
+# Asked for by name only (slow: it finetunes and quantises copies of the model): unlearnkit.attacks.
+EXTRA_SUITES: tuple[str, ...] = ("attack",)
 # Where the development checkout keeps its data (relative to the project root).
 SHARED = "../shared/data"
 EVAL_FORMAT = "unlearnkit-eval/1"
@@ -104,6 +106,8 @@ class EvalOptions(BaseModel):
     overrefusal_prompts: DataSourceConfig | None = Field(
         default_factory=lambda: _src(f"prompts:{BORDERLINE_HELDOUT}", shuffle=False))
     overrefusal_limit: int | None = Field(None, ge=1)
+    # Options of the attack suite (unlearnkit.attacks.AttackOptions; docs/robustness.md).
+    attack: dict[str, Any] = Field(default_factory=dict)
 
     def cap(self, per_set: int | None) -> int | None:
         caps = [c for c in (per_set, self.limit) if c is not None]
@@ -553,9 +557,9 @@ def run_eval(
     if run_config is not None:
         options = options_for_run(run_config, options)
     suites = list(suites) if suites else default_suites(original is not None, run_config)
-    unknown = [s for s in suites if s not in SUITES]
+    unknown = [s for s in suites if s not in SUITES + EXTRA_SUITES]
     if unknown:
-        raise ConfigError(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}.")
+        raise ConfigError(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES + EXTRA_SUITES)}.")
     suites = list(dict.fromkeys(suites))  # no suite twice
     if "normal" in suites and original is None:
         raise ConfigError("the normal suite compares answers with the original model's; give the original model (--original).")
@@ -601,6 +605,10 @@ def run_eval(
             results[suite] = suite_overrefusal(ctx)
         elif suite == "normal":
             results[suite] = suite_normal(ctx, holder, original, base_cfg)
+        elif suite == "attack":
+            from unlearnkit.attacks.run import suite_attack
+
+            results[suite] = suite_attack(ctx, original, run_config)
         seconds[suite] = round(time.time() - t0, 2)
     judge_info = {label: j.describe() for label, j in judges.items()}
     results = {s: results[s] for s in suites}  # the order asked for
