@@ -51,7 +51,8 @@ from unlearnkit.rundir import (
 
 # Keys of the config that may change between a run and its resumption.
 RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "epochs"), ("train", "save_every"), ("train", "progress"),
-                     ("train", "keep_checkpoints")}
+                     ("train", "keep_checkpoints"), ("train", "report_to"), ("train", "push_to_hub"),
+                     ("train", "hub_repo_id"), ("train", "hub_private")}
 
 
 @dataclass
@@ -252,7 +253,9 @@ class Trainer:
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         cpu = self.cfg.model.device == "cpu" or not torch.cuda.is_available()
-        acc = Accelerator(mixed_precision=mp, cpu=cpu)
+        from unlearnkit import trackers
+
+        acc = Accelerator(mixed_precision=mp, cpu=cpu, **trackers.accelerator_kwargs(self.cfg.train.report_to, self.run_dir))
         _warn_if_not_sharded(acc)
         from accelerate.utils import DistributedType
 
@@ -290,6 +293,9 @@ class Trainer:
         from unlearnkit.config import check_for_unlearn
 
         check_for_unlearn(self.cfg)  # data.forget and the method's data, before any folder is touched
+        from unlearnkit.outputs import preflight
+
+        preflight(self.cfg)  # trackers installed, hub reachable when the run will push
         final = self.final_dir
         out_root = final.parent
         if out_root.exists() and not out_root.is_dir():
@@ -403,17 +409,24 @@ class Trainer:
         acc.wait_for_everyone()
         if self.adopt is not None:
             self.run_dir = self.final_dir  # every process: the main one has moved the folder there
+        from unlearnkit import trackers
+
         try:
             result = self._run()
         except BaseException as exc:
+            trackers.finish(acc, self.cfg)
             note = self._finish_folder(ok=False) if acc.is_main_process else None
             if isinstance(exc, KeyboardInterrupt):
                 raise RunInterrupted(f"interrupted; {note or _resume_note(self)}") from None
             if note:
                 print(f"note: {note}", flush=True)
             raise
+        trackers.finish(acc, self.cfg)
         if acc.is_main_process:
             self._finish_folder(ok=True)
+            from unlearnkit.outputs import publish
+
+            publish(self.cfg, result)
         acc.wait_for_everyone()
         return result
 
@@ -461,6 +474,9 @@ class Trainer:
                               "data_files": write_sets(self.run_dir / "data", {**trained_sets(data), **data.heldout})}),
                 )
 
+        from unlearnkit import trackers
+
+        trackers.start(acc, cfg)
         if resolve_gradient_checkpointing(cfg.train.gradient_checkpointing, self.method, acc.device.type):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if is_peft(model):
@@ -643,9 +659,12 @@ class Trainer:
         model.train()
         from tqdm.auto import tqdm
 
+        from unlearnkit import trackers
+        from unlearnkit.console import show_progress
+
         bar = tqdm(
-            total=cfg.train.max_steps, initial=start_step, desc=f"{self.method_cls.name}", disable=not (main and cfg.train.progress),
-            dynamic_ncols=True,
+            total=cfg.train.max_steps, initial=start_step, desc=f"{self.method_cls.name}", unit="step",
+            disable=not (main and show_progress(cfg.train.progress)), dynamic_ncols=True,
         )
         status, reason = "completed", f"reached max_steps={cfg.train.max_steps}"
         step = start_step
@@ -681,6 +700,8 @@ class Trainer:
                       "elapsed_s": round(time.time() - t0, 3)}
             if main and step % cfg.train.log_every == 0:
                 _append_jsonl(log_path, record)
+            if step % cfg.train.log_every == 0:
+                trackers.log_step(acc, cfg, record)
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms_acc.items()})
             forget_loss = terms_acc.get(self.method_cls.forget_term)
@@ -739,6 +760,10 @@ class Trainer:
                 plot_losses(log_path, self.run_dir / "loss_curves.png")
             except Exception as exc:  # a plot must never lose a finished run
                 print(f"warning: could not draw loss curves: {exc}")
+            from unlearnkit.outputs import write_run_outputs
+
+            write_run_outputs(self.run_dir)  # model cards, report.html
+        trackers.log_summary(acc, cfg, summary)
         acc.wait_for_everyone()
         return summary
 
@@ -750,8 +775,14 @@ class Trainer:
 
         result = None
         if self.acc.is_main_process:
+            from tqdm.auto import tqdm
+
+            from unlearnkit.console import show_progress
+
             model = self.acc.unwrap_model(self.model)
             result = {}
+            bar = tqdm(total=sum(len(e) for e in self.data.heldout.values()), desc=f"held-out NLL ({when})",
+                       unit="example", disable=not show_progress(self.cfg.train.progress), leave=False)
             for name, examples in self.data.heldout.items():
                 r = answer_nll(model, self.tokenizer, examples, self.cfg.data.template, max_length=self.cfg.data.max_length,
                                batch_size=self.cfg.eval.batch_size)
@@ -760,6 +791,8 @@ class Trainer:
                                 # Per example, for the bootstrap interval of the change.
                                 "per_example_nll": [round(v, 6) for v in r["per_example"]],
                                 "per_example_tokens": r["per_example_tokens"]}
+                bar.update(len(examples))
+            bar.close()
             print(f"[{when}] " + ", ".join(f"{k}: nll {v['mean_nll']:.4f}" for k, v in result.items()), flush=True)
         self.model.train()
         return result

@@ -531,6 +531,7 @@ def _build_net(base_model: str, lora_r: int, lora_alpha: float, lora_dropout: fl
 @torch.no_grad()
 def _predict(net: _ClassifierNet, tokenizer, prompts, responses, max_length, input_format, batch_size, progress=False, desc="judging"):
     from tqdm.auto import tqdm
+    from unlearnkit.console import show_progress
 
     from unlearnkit.data.tokenize import TokenizedExample, collate, pad_id_of
 
@@ -542,7 +543,7 @@ def _predict(net: _ClassifierNet, tokenizer, prompts, responses, max_length, inp
     was_training = net.training
     net.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress(progress), unit="batch"):
             idx = order[start : start + batch_size]
             batch = collate([TokenizedExample(encoded[i], encoded[i]) for i in idx], pad_id, padding_side="right")
             logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device))
@@ -770,6 +771,7 @@ def _fit_lexical(train_groups: list[list[tuple[str, str, bool]]], *, dim: int, n
                  val_fraction: float, seed: int, progress: bool) -> tuple[dict, dict, dict, Callable]:
     """Pick ``l2`` on a validation part of the training pairs, then refit on all of them."""
     from tqdm.auto import tqdm
+    from unlearnkit.console import show_progress
 
     from unlearnkit.evaluation import lexical
 
@@ -795,7 +797,7 @@ def _fit_lexical(train_groups: list[list[tuple[str, str, bool]]], *, dim: int, n
     if len(grid) > 1:
         x_fit, y_fit = matrix(fit_part)
         x_val, y_val = matrix(val_part)
-        for l2 in tqdm(grid, desc="choosing l2", disable=not progress, unit="fit"):
+        for l2 in tqdm(grid, desc="choosing l2", disable=not show_progress(progress), unit="fit"):
             w, b = lexical.fit_logistic(x_fit, y_fit, l2, max_iter)
             pred = (lexical.logits(x_val, w, b) >= 0).float()
             validation[repr(l2)] = float((pred == y_val).float().mean())
@@ -803,7 +805,7 @@ def _fit_lexical(train_groups: list[list[tuple[str, str, bool]]], *, dim: int, n
         top = max(validation.values())
         best = max(v for v in grid if validation[repr(v)] == top)
     x_all, y_all = matrix(train_items)
-    with tqdm(total=1, desc=f"fitting (l2={best:g})", disable=not progress, unit="fit") as bar:
+    with tqdm(total=1, desc=f"fitting (l2={best:g})", disable=not show_progress(progress), unit="fit") as bar:
         weight, bias = lexical.fit_logistic(x_all, y_all, best, max_iter)
         bar.update(1)
 
@@ -824,6 +826,7 @@ def _fit_lora(train_items, *, base_model: str, epochs: int, lr: float, batch_siz
               eval_batch_size: int, device: str, progress: bool) -> tuple[dict, dict, dict, Callable]:
     """AdamW on a LoRA adapter + linear head over ``base_model``, binary cross-entropy."""
     from tqdm.auto import tqdm
+    from unlearnkit.console import show_progress
 
     from unlearnkit.data.tokenize import TokenizedExample, collate, pad_id_of
     from unlearnkit.models import describe_source
@@ -854,7 +857,7 @@ def _fit_lora(train_items, *, base_model: str, epochs: int, lr: float, batch_siz
     rng = random.Random(seed)
     net.train()
     step = 0
-    bar = tqdm(total=total_steps, desc="training judge", disable=not progress, unit="step")
+    bar = tqdm(total=total_steps, desc="training judge", disable=not show_progress(progress), unit="step")
     running = None
     while step < total_steps:
         order = list(range(len(encoded)))

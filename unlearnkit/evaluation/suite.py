@@ -285,11 +285,12 @@ class _Context:
 def _judge_all(judge, prompts: list[str], responses: list[str], progress: bool, desc: str) -> list[float]:
     """A judge's probabilities in chunks, so that a progress bar moves on slow judges."""
     from tqdm.auto import tqdm
+    from unlearnkit.console import show_progress
 
     size = 32
     probs: list[float] = []
     starts = range(0, len(prompts), size)
-    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, unit="chunk"):
+    for start in tqdm(starts, desc=desc, disable=not show_progress(progress) or len(starts) < 2, unit="chunk"):
         probs.extend(judge.harm_probability(prompts[start : start + size], responses[start : start + size]))
     return probs
 
