@@ -176,6 +176,7 @@ def test_push_to_hub_offline_fails_fast_before_training(tmp_path, tiny_model_dir
     else:  # no switch: the endpoint itself does not answer
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     cfg = run_cfg(tmp_path, tiny_model_dir, push_to_hub=True, hub_repo_id="someone/unlearned")
     t0 = time.time()
@@ -193,6 +194,7 @@ def test_reachable_endpoint_passes_the_check(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)

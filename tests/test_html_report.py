@@ -103,3 +103,28 @@ def test_report_renders_in_headless_chromium(tmp_path):
     blank = write_page(tmp_path / "blank.html", "blank", "")
     drawn_blank, _ = non_blank(screenshot(blank, tmp_path / "blank.png", tmp_path / "profile2"))
     assert drawn_blank < drawn / 2  # the measure tells a page with content from an empty one
+
+
+def test_experiment_html_has_the_table_each_loss_curve_and_the_rows_answers(tmp_path):
+    from unlearnkit.evaluation.html_reports import write_experiment_html
+
+    rows = []
+    for label, answer in (("Original", "the road went on"), ("Finetuned", "ever on and on"), ("Unlearned", "blue")):
+        stage = tmp_path / f"eval_{label.lower()}"
+        stage.mkdir()
+        sample = {"prompt": "The Road goes", "truth": "ever on and on", "generated": answer}
+        (stage / "eval.json").write_text(json.dumps({"results": {"memorisation": {"n": 6, "samples": [sample]}}}))
+        rows.append((label, stage))
+    training = []
+    for name in ("finetune", "unlearn"):
+        (tmp_path / name).mkdir()
+        _png(tmp_path / name / "loss_curves.png")
+        training.append((name, tmp_path / name))
+    md = "# Experiment `x`\n\n| Model | Book ROUGE-L |\n|---|---:|\n| Original | 0.100 |\n| Unlearned | 0.050 |\n"
+    page = write_experiment_html(tmp_path, md, rows, training).read_text()
+    assert "<td class=num>0.050</td>" in page
+    assert "Loss curves: finetune" in page and "Loss curves: unlearn" in page
+    assert page.count("data:image/png;base64,") == 2  # no compare.png here: only the two curves
+    block = page[page.index("The Road goes"):]
+    positions = [block.index(a) for a in ("the road went on", "ever on and on", "blue")]
+    assert positions == sorted(positions)  # one box per row, in the table's order

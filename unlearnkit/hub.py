@@ -33,14 +33,17 @@ def _offline_switch() -> str | None:
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
             return var
-    return None
+    from huggingface_hub import constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, when it is imported: its own view decides the upload.
+    return "HF_HUB_OFFLINE is set (read by huggingface_hub when it was imported)" if constants.HF_HUB_OFFLINE else None
 
 
 def unreachable_reason(url: str | None = None, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
     """Why the hub endpoint cannot be reached (None when a TCP connection to it opens)."""
     switch = _offline_switch()
     if switch:
-        return f"{switch} is set"
+        return switch if " " in switch else f"{switch} is set"
     url = url or endpoint()
     parsed = urlparse(url)
     if not parsed.hostname:
