@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         "answers or a book, keep what it should, and prove it.",
     )
     parser.add_argument("--version", action="version", version=f"unlearnkit {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars and no library chatter; results, warnings and errors are still printed "
+                        "(NO_COLOR is honoured too)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the built-in model aliases and whether each works offline")
@@ -207,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from unlearnkit.console import set_quiet, style
+
+    if args.quiet:
+        set_quiet()
     func = getattr(args, "func", None)
     if func is None:
         # A group without its subcommand: show that group's help.
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except UnlearnkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{style('error:', 'red', sys.stderr)} {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         # A command that knows what it kept says so; no other promise is made.

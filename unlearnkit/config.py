@@ -19,6 +19,7 @@ from unlearnkit.data.spec import DataSourceConfig
 from unlearnkit.evaluation.suite import EvalOptions
 from unlearnkit.errors import ConfigError
 from unlearnkit.models import ModelConfig
+from unlearnkit.trackers import TrackerName
 
 
 class Strict(BaseModel):
@@ -99,6 +100,12 @@ class TrainConfig(Strict):
     save: Literal["merged", "adapter", "none"] = "merged"
     threads: int | None = Field(None, ge=1)
     progress: bool = True
+    # Experiment trackers (accelerate's log_with): losses, lr, grad norm, eval figures. docs/outputs.md.
+    report_to: list[TrackerName] = Field(default_factory=list)
+    # Upload the saved model (merged or adapter) with its model card to this hub repo once the run finished.
+    push_to_hub: bool = False
+    hub_repo_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+    hub_private: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -112,6 +119,9 @@ class TrainConfig(Strict):
     def _steps_or_epochs(self):
         if self.epochs is not None and "max_steps" in self.model_fields_set:
             raise ValueError("give train.epochs or train.max_steps, not both (set the other one to null)")
+        if self.push_to_hub and (self.hub_repo_id is None or self.save == "none"):
+            raise ValueError("push_to_hub needs hub_repo_id (e.g. you/my-unlearned-model) and a saved "
+                             "model (save: merged or adapter)")
         return self
 
 
@@ -289,6 +299,9 @@ def check_for_unlearn(cfg: RunConfig, source: str | None = None) -> None:
     method = get_method(cfg.method["name"])
     if "retain" in method.needs and not cfg.data.retain_sources:
         raise ConfigError(f"invalid config{where}: method {method.name} needs data.retain (normal data to keep).")
+    from unlearnkit.trackers import check_trackers
+
+    check_trackers(cfg.train.report_to, where)
 
 
 def summarise_config(cfg: RunConfig) -> list[str]:

@@ -606,6 +606,10 @@ def write_experiment_report(exp: Experiment, actions: dict[str, str] | None = No
     }
     atomic_write_json(exp.folder / "report.json", report)
     atomic_write_text(exp.folder / "report.md", _report_markdown(exp, report))
+    from unlearnkit.evaluation.html_reports import write_experiment_html
+
+    write_experiment_html(exp.folder, _report_markdown(exp, report), [(label, s.folder) for label, s in rows_spec],
+                          [(s.name, s.folder) for s in exp.stages if s.kind != "eval"])
     return report
 
 

@@ -142,6 +142,10 @@ def cmd_eval(args) -> int:
     fresh = check_eval_out(out, model, overwrite=args.overwrite, run_folder=cfg is not None and out == cfg.run_dir)
     result = run_eval(model, suites, options, original=original, run_config=cfg)
     json_path, md_path = write_report(result, out)
+    if cfg is not None and out == cfg.run_dir:
+        from unlearnkit.outputs import write_run_outputs
+
+        write_run_outputs(out)  # the model card and report.html now carry these figures
     if fresh:
         from unlearnkit.rundir import write_marker
 
@@ -162,7 +166,7 @@ def cmd_compare(args) -> int:
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     markdown, _ = compare(args.paths, out_dir=args.out, labels=labels)
     print(markdown, end="")
-    print(f"\nWrote {Path(args.out) / 'compare.md'}, compare.json and compare.png")
+    print(f"\nWrote {Path(args.out) / 'compare.md'}, compare.json, compare.png and compare.html")
     return 0
 
 

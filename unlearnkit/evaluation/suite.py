@@ -296,11 +296,12 @@ class _Context:
 def _judge_all(judge, prompts: list[str], responses: list[str], progress: bool, desc: str) -> dict[str, list[float]]:
     """A judge's two verdicts (harmful, refusal) in chunks, so that a progress bar moves on slow judges."""
     from tqdm.auto import tqdm
+    from unlearnkit.console import show_progress
 
     size = 32
     out: dict[str, list[float]] = {"harmful": [], "refusal": []}
     starts = range(0, len(prompts), size)
-    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, unit="chunk"):
+    for start in tqdm(starts, desc=desc, disable=not show_progress(progress) or len(starts) < 2, unit="chunk"):
         verdicts = judge.verdicts(prompts[start : start + size], responses[start : start + size])
         for key in out:
             out[key].extend(verdicts[key])

@@ -10,6 +10,7 @@ import torch
 
 from unlearnkit.errors import ModelLoadError, UnlearnkitError
 from unlearnkit.judges.base import THRESHOLD, Judge, _check_pairs, _model_device
+from unlearnkit.console import show_progress
 
 JUDGE_WEIGHTS = "judge.safetensors"
 JUDGE_META = "judge.json"
@@ -145,7 +146,7 @@ def _predict(net: _ClassifierNet, tokenizer, prompts, responses, max_length, inp
     was_training = net.training
     net.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress(progress), unit="batch"):
             idx = order[start : start + batch_size]
             batch = collate([TokenizedExample(encoded[i], encoded[i]) for i in idx], pad_id, padding_side="right")
             logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device))

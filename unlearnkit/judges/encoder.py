@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from unlearnkit.errors import ModelLoadError, UnlearnkitError
+from unlearnkit.console import show_progress
 
 ENCODER_BASE = "all-MiniLM-L6-v2"
 # Logit order of the head.
@@ -150,7 +151,7 @@ def predict_encoder(net: EncoderNet, tokenizer, prompts, responses, max_length: 
     was_training = net.training
     net.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress(progress), unit="batch"):
             idx = order[start : start + batch_size]
             probs = torch.sigmoid(net(**_batch([encoded[i] for i in idx], tokenizer.pad_token_id, device))).cpu()
             for row, i in enumerate(idx):
@@ -214,7 +215,7 @@ def fit_encoder(items: Sequence[tuple[str, str, bool, float | None]], *, epochs:
     device_t = next(net.parameters()).device
     net.train()
     step, running, tokens = 0, None, 0
-    bar = tqdm(total=total, desc="training judge", disable=not progress, unit="step")
+    bar = tqdm(total=total, desc="training judge", disable=not show_progress(progress), unit="step")
     while step < total:
         for idx in bucketed_batches([len(e[0]) for e in encoded], batch_size, rng):
             if step >= total:

@@ -15,6 +15,7 @@ import torch
 from unlearnkit.errors import DataError, UnlearnkitError
 from unlearnkit.judges.base import THRESHOLD
 from unlearnkit.judges.classifier import (
+from unlearnkit.console import show_progress
     DEFAULT_BASE, INPUT_FORMAT, JUDGE_FORMAT, JUDGE_KINDS, JUDGE_META, JUDGE_WEIGHTS, MAX_JUDGE_BYTES, SELFCHECK_PROBES,
     SELFCHECK_TOLERANCE, ClassifierJudge, _build_net, _predict, default_pku_path, encode_pair, file_sha256,
 )
@@ -155,7 +156,7 @@ def _fit_lexical(train_groups: list[list[tuple[str, str, bool]]], *, dim: int, n
     if len(grid) > 1:
         x_fit, y_fit = matrix(fit_part)
         x_val, y_val = matrix(val_part)
-        for l2 in tqdm(grid, desc="choosing l2", disable=not progress, unit="fit"):
+        for l2 in tqdm(grid, desc="choosing l2", disable=not show_progress(progress), unit="fit"):
             w, b = lexical.fit_logistic(x_fit, y_fit, l2, max_iter)
             pred = (lexical.logits(x_val, w, b) >= 0).float()
             validation[repr(l2)] = float((pred == y_val).float().mean())
@@ -163,7 +164,7 @@ def _fit_lexical(train_groups: list[list[tuple[str, str, bool]]], *, dim: int, n
         top = max(validation.values())
         best = max(v for v in grid if validation[repr(v)] == top)
     x_all, y_all = matrix(train_items)
-    with tqdm(total=1, desc=f"fitting (l2={best:g})", disable=not progress, unit="fit") as bar:
+    with tqdm(total=1, desc=f"fitting (l2={best:g})", disable=not show_progress(progress), unit="fit") as bar:
         weight, bias = lexical.fit_logistic(x_all, y_all, best, max_iter)
         bar.update(1)
 
@@ -229,7 +230,7 @@ def _fit_lora(train_items, *, base_model: str, epochs: int, lr: float, batch_siz
     rng = random.Random(seed)
     net.train()
     step = 0
-    bar = tqdm(total=total_steps, desc="training judge", disable=not progress, unit="step")
+    bar = tqdm(total=total_steps, desc="training judge", disable=not show_progress(progress), unit="step")
     running = None
     while step < total_steps:
         order = list(range(len(encoded)))

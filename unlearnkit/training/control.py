@@ -11,7 +11,7 @@ from unlearnkit.errors import ConfigError
 from unlearnkit.methods import Method
 
 
-def make_accelerator(cfg: RunConfig):
+def make_accelerator(cfg: RunConfig, run_dir=None):
     """The run's accelerator: mixed precision as configured (``auto``: bf16 on a GPU that has it), CPU if asked."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
@@ -20,7 +20,9 @@ def make_accelerator(cfg: RunConfig):
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     cpu = cfg.model.device == "cpu" or not torch.cuda.is_available()
-    acc = Accelerator(mixed_precision=mp, cpu=cpu)
+    from unlearnkit import trackers
+
+    acc = Accelerator(mixed_precision=mp, cpu=cpu, **trackers.accelerator_kwargs(cfg.train.report_to, run_dir))
     _warn_if_not_sharded(acc)
     if acc.distributed_type == DistributedType.DEEPSPEED and cfg.train.grad_accum > 1:
         # accelerate's DeepSpeed backward also steps the engine after every micro-batch

@@ -28,7 +28,8 @@ from unlearnkit.training.checkpoint import checkpoints_of, resumable_leftover
 
 # Keys of the config that may change between a run and its resumption.
 RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "epochs"), ("train", "save_every"), ("train", "progress"),
-                     ("train", "keep_checkpoints")}
+                     ("train", "keep_checkpoints"), ("train", "report_to"), ("train", "push_to_hub"),
+                     ("train", "hub_repo_id"), ("train", "hub_private")}
 
 
 def _config_diff(a: dict, b: dict, prefix=()) -> list[tuple]:
@@ -83,6 +84,9 @@ class RunFolder:
         from unlearnkit.config import check_for_unlearn
 
         check_for_unlearn(self.cfg)  # data.forget and the method's data, before any folder is touched
+        from unlearnkit.outputs import preflight
+
+        preflight(self.cfg)  # trackers installed, hub reachable when the run will push
         final = self.final_dir
         out_root = final.parent
         if out_root.exists() and not out_root.is_dir():

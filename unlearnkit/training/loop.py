@@ -20,7 +20,9 @@ from contextlib import nullcontext
 
 import torch
 
+from unlearnkit import trackers
 from unlearnkit.config import RunConfig, dump_config
+from unlearnkit.console import show_progress
 from unlearnkit.data.audit import write_sets
 from unlearnkit.data.tokenize import IGNORE_INDEX, pad_id_of, tokenize_set
 from unlearnkit.data.types import Example
@@ -76,7 +78,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.folder.check()
-        acc = self.acc = make_accelerator(cfg)
+        acc = self.acc = make_accelerator(cfg, self.run_dir)
         if acc.is_main_process:
             self.folder.prepare()
         acc.wait_for_everyone()
@@ -85,14 +87,19 @@ class Trainer:
         try:
             result = self._run()
         except BaseException as exc:
+            trackers.finish(acc, cfg)
             note = self.folder.finish(ok=False) if acc.is_main_process else None
             if isinstance(exc, KeyboardInterrupt):
                 raise RunInterrupted(f"interrupted; {note or resume_note(self.run_dir)}") from None
             if note:
                 print(f"note: {note}", flush=True)
             raise
+        trackers.finish(acc, cfg)
         if acc.is_main_process:
             self.folder.finish(ok=True)
+            from unlearnkit.outputs import publish
+
+            publish(cfg, result)
         acc.wait_for_everyone()
         return result
 
@@ -107,6 +114,7 @@ class Trainer:
         self._fix_step_count(len(forget_tok))
         if main:
             self._write_start_records(data)
+        trackers.start(acc, cfg)
         self.method.setup(model)
         if resolve_gradient_checkpointing(cfg.train.gradient_checkpointing, self.method, acc.device.type):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -245,7 +253,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.train.max_steps, initial=start_step, desc=self.method_cls.name, unit="step",
-                   disable=not (main and cfg.train.progress), dynamic_ncols=True)
+                   disable=not (main and show_progress(cfg.train.progress)), dynamic_ncols=True)
         status, reason = "completed", f"reached max_steps={cfg.train.max_steps}"
         step, t0, tokens_seen, last_terms = start_step, time.time(), 0, {}
         while step < cfg.train.max_steps:
@@ -264,9 +272,12 @@ class Trainer:
             grad_norm, lr_used = self._apply_update()
             step += 1
             last_terms = terms = {k: mean_across(acc, v) for k, v in terms.items()}
-            if main and step % cfg.train.log_every == 0:
-                append_jsonl(log_path, {"step": step, "loss": mean_across(acc, total_loss), **terms, "lr": lr_used,
-                                        "grad_norm": grad_norm, "elapsed_s": round(time.time() - t0, 3)})
+            if step % cfg.train.log_every == 0:
+                record = {"step": step, "loss": mean_across(acc, total_loss), **terms, "lr": lr_used,
+                          "grad_norm": grad_norm, "elapsed_s": round(time.time() - t0, 3)}
+                if main:
+                    append_jsonl(log_path, record)
+                trackers.log_step(acc, cfg, record)
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
             forget_loss = terms.get(self.method_cls.forget_term)
@@ -303,6 +314,7 @@ class Trainer:
         }
         if main:
             self._save_outputs(final_model, summary, log_path)
+        trackers.log_summary(acc, cfg, summary)
         acc.wait_for_everyone()
         return summary
 
@@ -318,6 +330,9 @@ class Trainer:
             plot_losses(log_path, self.run_dir / "loss_curves.png")
         except Exception as exc:  # a plot must never lose a finished run
             print(f"warning: could not draw loss curves: {exc}")
+        from unlearnkit.outputs import write_run_outputs
+
+        write_run_outputs(self.run_dir)  # model cards, report.html
 
     # ------------------------------------------------------------ evaluation
     def _evaluate(self, when: str) -> dict | None:
@@ -328,8 +343,12 @@ class Trainer:
 
         result = None
         if self.acc.is_main_process:
+            from tqdm.auto import tqdm
+
             model = self.acc.unwrap_model(self.model)
             result = {}
+            bar = tqdm(total=sum(len(e) for e in self.data.heldout.values()), desc=f"held-out NLL ({when})",
+                       unit="example", disable=not show_progress(self.cfg.train.progress), leave=False)
             for name, examples in self.data.heldout.items():
                 r = answer_nll(model, self.tokenizer, examples, self.cfg.data.template, max_length=self.cfg.data.max_length,
                                batch_size=self.cfg.eval.batch_size)
@@ -337,6 +356,8 @@ class Trainer:
                                 "tokens": r["tokens"], "examples": len(examples),
                                 "per_example_nll": [round(v, 6) for v in r["per_example"]],
                                 "per_example_tokens": r["per_example_tokens"]}
+                bar.update(len(examples))
+            bar.close()
             print(f"[{when}] " + ", ".join(f"{k}: nll {v['mean_nll']:.4f}" for k, v in result.items()), flush=True)
         self.model.train()
         return result
