@@ -36,8 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnkit.data.spec import DataSourceConfig, load_examples, parse_spec, split_holdout
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
+from unlearnkit.evaluation.tofu_suite import TofuOptions
 
-SUITES: tuple[str, ...] = ("harm", "normal", "truthfulqa", "perplexity", "memorisation")
+SUITES: tuple[str, ...] = ("harm", "normal", "truthfulqa", "perplexity", "memorisation", "tofu")
 # Where the development checkout keeps its data (relative to the project root).
 SHARED = "../shared/data"
 EVAL_FORMAT = "unlearnkit-eval/1"
@@ -98,6 +99,8 @@ class EvalOptions(BaseModel):
         )
     )
     memorisation_template: Literal["raw", "qa", "chat"] = "raw"
+    # The TOFU benchmark's sets and settings (unlearnkit.evaluation.tofu_suite, docs/tofu.md).
+    tofu: TofuOptions = Field(default_factory=TofuOptions)
 
     def cap(self, per_set: int | None) -> int | None:
         caps = [c for c in (per_set, self.limit) if c is not None]
@@ -580,6 +583,10 @@ def run_eval(
             results[suite] = suite_perplexity(ctx)
         elif suite == "memorisation":
             results[suite] = suite_memorisation(ctx)
+        elif suite == "tofu":
+            from unlearnkit.evaluation.tofu_suite import suite_tofu
+
+            results[suite] = suite_tofu(ctx)
         elif suite == "normal":
             results[suite] = suite_normal(ctx, holder, original, base_cfg)
         seconds[suite] = round(time.time() - t0, 2)
