@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     from unlearnkit.evaluation.commands import add_commands
 
     add_commands(sub)  # eval, compare, judge train, judge eval
+    from unlearnkit.evaluation.tofu_report import add_commands as add_report_commands
+
+    add_report_commands(sub)  # report tofu
     from unlearnkit.experiment import add_commands as add_experiment_commands
 
     add_experiment_commands(sub)  # finetune, run

@@ -69,7 +69,7 @@ class _Strict(BaseModel):
 class EvalSettings(_Strict):
     """What an evaluation stage measures: suites and their options (docs/evaluation.md)."""
 
-    suites: list[Literal["harm", "normal", "truthfulqa", "perplexity", "memorisation", "overrefusal"]] = Field(
+    suites: list[Literal["harm", "normal", "truthfulqa", "perplexity", "memorisation", "overrefusal", "tofu", "attack"]] = Field(
         default_factory=_default_suites, min_length=1
     )
     options: EvalOptions = Field(default_factory=EvalOptions)
@@ -195,6 +195,7 @@ class ResolvedStage:
     eval_suites: list[str] | None = None  # eval stages
     eval_options: Any = None  # EvalOptions (eval stages)
     fingerprint: str = ""
+    reference: str | None = None  # an earlier eval stage whose result this one reads (TOFU's retain model)
 
     @property
     def name(self) -> str:
@@ -289,6 +290,11 @@ class Experiment:
                 except ValidationError as err:
                     raise ConfigError(_format(err, self.source, prefix)) from None
                 stage.eval_suites, stage.eval_options = list(dict.fromkeys(settings.suites)), settings.options
+                if "tofu" in stage.eval_suites:  # tofu.reference may name an earlier eval stage
+                    from unlearnkit.evaluation.tofu_suite import resolve_reference
+
+                    stage.eval_options, stage.reference = resolve_reference(
+                        settings.options, {n: s.folder for n, s in seen.items() if s.kind == "eval"})
             stage.fingerprint = self._fingerprint(stage, seen)
             seen[spec.name] = stage
             self.stages.append(stage)
@@ -354,6 +360,8 @@ class Experiment:
             body = {"suites": stage.eval_suites, "options": stage.eval_options.model_dump(mode="json")}
             body["options"].pop("progress", None)
             body["original"] = self.cfg.original
+            if stage.reference is not None:  # a rerun of the reference stage invalidates this one
+                body["options"]["tofu"]["reference"] = seen[stage.reference].fingerprint
         upstream = seen[stage.model_from].fingerprint if stage.model_from != ORIGINAL else f"original:{self.cfg.original}"
         payload = json.dumps({"kind": stage.kind, "body": body, "from": upstream}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -583,6 +591,10 @@ def write_experiment_report(exp: Experiment, actions: dict[str, str] | None = No
         for row, c in zip(cells, change):
             row.append(c)
     table = markdown_table(header, cells)
+    from unlearnkit.evaluation.tofu_report import tofu_table
+
+    tofu = tofu_table([(r["label"], r["stage"], s.folder / "eval.json") for r, (_, s) in zip(rows, rows_spec)])
+    table = tofu or table
     compare(
         [s.folder / "eval.json" for _, s in rows_spec], out_dir=exp.folder, labels=[label for label, _ in rows_spec]
     )
@@ -602,6 +614,7 @@ def write_experiment_report(exp: Experiment, actions: dict[str, str] | None = No
         "rows": rows,
         "stages": stages,
         "markdown_table": table,
+        "tofu": tofu is not None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_json(exp.folder / "report.json", report)
@@ -617,7 +630,9 @@ def _report_markdown(exp: Experiment, report: dict) -> str:
     parts = [f"# Experiment `{exp.cfg.name}`\n", f"Original model: `{exp.cfg.original}`  ",
              f"Created: {report['created']}\n", report["markdown_table"]]
     notes = sorted({n for r in report["rows"] for n in r["notes"]})
-    parts.append(
+    from unlearnkit.evaluation.tofu_report import TOFU_NOTE
+
+    parts.append(TOFU_NOTE + "\n" if report.get("tofu") else
         "Book columns: the model continues held-in prompts of the book greedily; ROUGE-L, BLEU and the "
         "MiniLM embedding cosine compare its continuation with the true text (finetuning should raise them, "
         "unlearning bring them back down). Normal similarity: answers to normal prompts compared with the "

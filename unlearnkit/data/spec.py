@@ -58,6 +58,10 @@ class DataSourceConfig(BaseModel):
     tofu_field: Literal["answer", "paraphrased_answer", "paraphrased_question", "perturbed_answer"] = "answer"
     hub_config: str | None = None
     hub_split: str = "train"
+    # Further files (or hub configs of the same hub data set) read with this recipe and
+    # these options and appended to the rows before deduplication, shuffling and limit:
+    # one training set made of several published splits (TOFU's forget and retain authors).
+    also: list[str] = Field(default_factory=list)
     limit: int | None = Field(None, ge=1)  # first N after shuffling with seed (or as-is when shuffle=False)
     shuffle: bool = True
     # Drop exact duplicate responses (normalised text; prompts for prompt lists)
@@ -163,12 +167,32 @@ LOADERS: dict[str, Callable[[list[dict], "DataSourceConfig", Any, str], list]] =
 }
 
 
+def _also_rows(cfg: DataSourceConfig, recipe: str, location: str) -> list[dict]:
+    """The rows of ``cfg.also``: files when the source is a local file, else hub configs of its hub data set."""
+    rows: list[dict] = []
+    local = Path(location).expanduser().is_file()
+    for entry in cfg.also:
+        other_recipe, other = parse_spec(entry)
+        if other_recipe not in (None, recipe):
+            raise DataError(f"also entry {entry!r} names recipe {other_recipe!r}, but the source {cfg.spec!r} is read "
+                            f"with {recipe!r}; every part of one source is read with the same recipe.")
+        try:
+            if local:
+                rows.extend(load_rows(other, hub_split=cfg.hub_split))
+            else:
+                rows.extend(load_rows(location, hub_config=other, hub_split=cfg.hub_split))
+        except DataError as exc:
+            raise DataError(f"also entry {entry!r} of {cfg.spec!r}: {exc}") from None
+    return rows
+
+
 def load_examples(cfg: DataSourceConfig, tokenizer=None) -> Items:
     """Examples (or MC items) of one source: recipe, then shuffle and limit (no holdout)."""
     recipe, location = parse_spec(cfg.spec)
     rows = [] if recipe == "answers" else load_rows(location, hub_config=cfg.hub_config, hub_split=cfg.hub_split)
     if recipe is None:
         recipe = detect_recipe(rows, location)
+    rows = list(rows) + _also_rows(cfg, recipe, location)
     loader = LOADERS.get(recipe)
     if loader is None:  # RECIPES and LOADERS must list the same names
         raise DataError(f"recipe {recipe!r} is registered but has no loader; known: {', '.join(RECIPES)}.")

@@ -38,8 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnkit.data.spec import DataSourceConfig, load_examples, parse_spec, split_holdout
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
+from unlearnkit.evaluation.tofu_suite import TofuOptions
 
-SUITES: tuple[str, ...] = ("harm", "normal", "truthfulqa", "perplexity", "memorisation", "overrefusal")
+SUITES: tuple[str, ...] = ("harm", "normal", "truthfulqa", "perplexity", "memorisation", "overrefusal", "tofu")
 # Asked for by name only (slow: it finetunes and quantises copies of the model): unlearnkit.attacks.
 EXTRA_SUITES: tuple[str, ...] = ("attack",)
 # Where the development checkout keeps its data (relative to the project root).
@@ -108,6 +109,8 @@ class EvalOptions(BaseModel):
     overrefusal_limit: int | None = Field(None, ge=1)
     # Options of the attack suite (unlearnkit.attacks.AttackOptions; docs/robustness.md).
     attack: dict[str, Any] = Field(default_factory=dict)
+    # The TOFU benchmark's sets and settings (unlearnkit.evaluation.tofu_suite, docs/tofu.md).
+    tofu: TofuOptions = Field(default_factory=TofuOptions)
 
     def cap(self, per_set: int | None) -> int | None:
         caps = [c for c in (per_set, self.limit) if c is not None]
@@ -604,6 +607,10 @@ def run_eval(
             from unlearnkit.evaluation.overrefusal import suite_overrefusal
 
             results[suite] = suite_overrefusal(ctx)
+        elif suite == "tofu":
+            from unlearnkit.evaluation.tofu_suite import suite_tofu
+
+            results[suite] = suite_tofu(ctx)
         elif suite == "normal":
             results[suite] = suite_normal(ctx, holder, original, base_cfg)
         elif suite == "attack":
