@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.evaluation.suite import EvalOptions
@@ -69,10 +69,19 @@ class _Strict(BaseModel):
 class EvalSettings(_Strict):
     """What an evaluation stage measures: suites and their options (docs/evaluation.md)."""
 
-    suites: list[Literal["harm", "normal", "truthfulqa", "perplexity", "memorisation", "overrefusal", "tofu", "attack"]] = Field(
-        default_factory=_default_suites, min_length=1
-    )
+    suites: list[str] = Field(default_factory=_default_suites, min_length=1)
     options: EvalOptions = Field(default_factory=EvalOptions)
+
+    @field_validator("suites")
+    @classmethod
+    def _registered(cls, suites: list[str]) -> list[str]:
+        from unlearnkit.evaluation.registry import SUITE_REGISTRY, get_suite
+
+        for name in suites:
+            if name not in SUITE_REGISTRY and ":" not in name:
+                raise ValueError(f"unknown suite {name!r}; choose from {', '.join(SUITE_REGISTRY)}")
+            get_suite(name)
+        return suites
 
 
 class StageSpec(_Strict):

@@ -40,9 +40,11 @@ from unlearnkit.data.spec import DataSourceConfig, load_examples, parse_spec, sp
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
 from unlearnkit.evaluation.tofu_suite import TofuOptions
 
-SUITES: tuple[str, ...] = ("harm", "normal", "truthfulqa", "perplexity", "memorisation", "overrefusal", "tofu")
-# Asked for by name only (slow: it finetunes and quantises copies of the model): unlearnkit.attacks.
-EXTRA_SUITES: tuple[str, ...] = ("attack",)
+from unlearnkit.evaluation.registry import SuiteRun, get_suite, suite_names  # noqa: E402
+
+# The registered suites (unlearnkit.evaluation.registry); EXTRA_SUITES run only when named (attack: slow).
+SUITES: tuple[str, ...] = suite_names()
+EXTRA_SUITES: tuple[str, ...] = tuple(n for n in suite_names(True) if n not in SUITES)
 # Where the development checkout keeps its data (relative to the project root).
 SHARED = "../shared/data"
 EVAL_FORMAT = "unlearnkit-eval/1"
@@ -484,17 +486,6 @@ def _trained_content(run_config, trained_on, tokenizer):
     return content
 
 
-# The data options each suite reads (harm: at least one of the two).
-SUITE_DATA: dict[str, tuple[str, ...]] = {
-    "harm": ("forget_prompts", "unseen_prompts"),
-    "normal": ("normal_prompts",),
-    "truthfulqa": ("truthfulqa",),
-    "perplexity": ("perplexity_texts",),
-    "memorisation": ("memorisation_pairs",),
-    "overrefusal": ("overrefusal_prompts",),
-}
-
-
 def check_suite_data(suites: list[str], options: EvalOptions) -> None:
     """Every data set the chosen suites need is set and, when local, exists: checked before any suite runs.
 
@@ -503,7 +494,7 @@ def check_suite_data(suites: list[str], options: EvalOptions) -> None:
     """
     defaults = EvalOptions()
     for suite in suites:
-        names = SUITE_DATA.get(suite, ())
+        names = get_suite(suite).data
         given = [n for n in names if getattr(options, n) is not None]
         if names and not given:
             keys = " or ".join(f"--set {n}.spec=RECIPE:PATH" for n in names)
@@ -561,12 +552,17 @@ def run_eval(
     if run_config is not None:
         options = options_for_run(run_config, options)
     suites = list(suites) if suites else default_suites(original is not None, run_config)
-    unknown = [s for s in suites if s not in SUITES + EXTRA_SUITES]
-    if unknown:
-        raise ConfigError(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES + EXTRA_SUITES)}.")
     suites = list(dict.fromkeys(suites))  # no suite twice
-    if "normal" in suites and original is None:
-        raise ConfigError("the normal suite compares answers with the original model's; give the original model (--original).")
+    chosen = {}
+    for name in suites:
+        try:
+            chosen[name] = get_suite(name)
+        except ConfigError:
+            raise ConfigError(f"unknown suite {name!r}; choose from {', '.join(SUITES + EXTRA_SUITES)}, "
+                              "or name your own as module.path:SUITE.") from None
+    for name, suite in chosen.items():
+        if suite.needs_original and original is None:
+            raise ConfigError(f"the {name} suite compares with the original model; give the original model (--original).")
     check_suite_data(suites, options)
     base_cfg = run_config.model if run_config is not None else None
 
@@ -580,7 +576,7 @@ def run_eval(
 
     judges: dict = {}
     judge_info: dict = {}
-    if "harm" in suites:
+    if any(s.needs_judges for s in chosen.values()):
         from unlearnkit.evaluation.judges import default_judges, get_judge, judge_label
 
         for spec in options.judges if options.judges is not None else default_judges():
@@ -591,32 +587,11 @@ def run_eval(
 
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-    # The normal suite runs last: it releases the model under test before it
-    # loads the original.
-    for suite in sorted(suites, key=lambda s: s == "normal"):
+    # A suite that releases the model under test (normal: it loads the original) runs last.
+    env = SuiteRun(ctx=ctx, judges=judges, holder=holder, original=original, base_cfg=base_cfg, run_config=run_config)
+    for suite in sorted(suites, key=lambda s: chosen[s].runs_last):
         t0 = time.time()
-        if suite == "harm":
-            results[suite] = suite_harm(ctx, judges)
-        elif suite == "truthfulqa":
-            results[suite] = suite_truthfulqa(ctx)
-        elif suite == "perplexity":
-            results[suite] = suite_perplexity(ctx)
-        elif suite == "memorisation":
-            results[suite] = suite_memorisation(ctx)
-        elif suite == "overrefusal":
-            from unlearnkit.evaluation.overrefusal import suite_overrefusal
-
-            results[suite] = suite_overrefusal(ctx)
-        elif suite == "tofu":
-            from unlearnkit.evaluation.tofu_suite import suite_tofu
-
-            results[suite] = suite_tofu(ctx)
-        elif suite == "normal":
-            results[suite] = suite_normal(ctx, holder, original, base_cfg)
-        elif suite == "attack":
-            from unlearnkit.attacks.run import suite_attack
-
-            results[suite] = suite_attack(ctx, original, run_config)
+        results[suite] = chosen[suite].run(env)
         seconds[suite] = round(time.time() - t0, 2)
     judge_info = {label: j.describe() for label, j in judges.items()}
     results = {s: results[s] for s in suites}  # the order asked for

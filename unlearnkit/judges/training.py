@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from unlearnkit.console import show_progress
 from unlearnkit.errors import DataError, UnlearnkitError
 from unlearnkit.judges.base import THRESHOLD
 from unlearnkit.judges.classifier import (
-from unlearnkit.console import show_progress
     DEFAULT_BASE, INPUT_FORMAT, JUDGE_FORMAT, JUDGE_KINDS, JUDGE_META, JUDGE_WEIGHTS, MAX_JUDGE_BYTES, SELFCHECK_PROBES,
     SELFCHECK_TOLERANCE, ClassifierJudge, _build_net, _predict, default_pku_path, encode_pair, file_sha256,
 )
