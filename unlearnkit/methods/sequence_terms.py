@@ -1,0 +1,93 @@
+"""Pieces shared by the sequence-level methods (NPO, SimNPO, DPO, UNDIAL, RMU).
+
+* per-sequence answer log-probabilities and lengths;
+* the step-wide per-sequence mean (exact under gradient accumulation and
+  several processes when the training loop supplies the sequence count);
+* the optional retain term (cross-entropy or KL to the reference) that most
+  of these methods add, with its typed parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from unlearnkit.losses import AnswerLogits, kl_reference_current, mean_nll, token_nll
+from unlearnkit.methods.base import LossContext, MethodParams
+
+
+def sequence_logprob(al: AnswerLogits) -> torch.Tensor:
+    """Sum of the answer tokens' log-probabilities of each sequence, shape (B,)."""
+    return -token_nll(al).sum(dim=1)
+
+
+def sequence_lengths(al: AnswerLogits) -> torch.Tensor:
+    """Number of answer tokens of each sequence, shape (B,)."""
+    return al.mask.sum(dim=1)
+
+
+def has_answer(al: AnswerLogits) -> torch.Tensor:
+    """True for the sequences that carry answer tokens (a masked filler row carries none)."""
+    return al.mask.any(dim=1)
+
+
+def sequence_mean(ctx: LossContext, batch: dict, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Mean over the step's sequences of ``values`` (B,), counting only ``rows``.
+
+    The sum over this micro-batch divided by the step-wide sequence share the
+    loop provides (``ctx.sequence_normaliser``); without it (a batch built by
+    hand) the mean over this batch's sequences.
+    """
+    total = (values * rows).sum()
+    normaliser = getattr(ctx, "sequence_normaliser", None)
+    denom = normaliser(batch) if normaliser is not None else rows.sum()
+    denom = torch.as_tensor(denom, dtype=total.dtype, device=total.device)
+    return total / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def forget_nll_value(ctx: LossContext, batch: dict, al: AnswerLogits) -> torch.Tensor:
+    """The forget answers' token-mean NLL (the figure ``train.max_forget_loss`` watches)."""
+    return mean_nll(al, ctx.normaliser(batch, al.mask)).detach()
+
+
+RetainLoss = Literal["none", "nll", "kl"]
+
+
+class RetainTermParams(MethodParams):
+    """A retain term added to the forget objective: ``retain_weight * term(retain)``."""
+
+    retain_loss: RetainLoss = Field("nll", description="none, nll (cross-entropy on retain answers) or kl (to the reference)")
+    retain_weight: float = Field(1.0, ge=0)
+
+
+def retain_term(ctx: LossContext, batch: dict, kind: str) -> torch.Tensor:
+    """Cross-entropy on the retain answers (``nll``) or KL(reference || current) on them (``kl``)."""
+    current = ctx.logits(batch)
+    denom = ctx.normaliser(batch, current.mask)
+    if kind == "nll":
+        return mean_nll(current, denom)
+    if kind == "kl":
+        if ctx.reference is None:
+            raise RuntimeError("retain_loss kl needs the reference model; the training loop provides one.")
+        reference = ctx.reference(batch)
+        return kl_reference_current(reference.logits, current.logits, current.mask, denom)
+    raise ValueError(f"unknown retain_loss {kind!r}")
+
+
+def add_retain(ctx: LossContext, batches: dict, params: RetainTermParams, total: torch.Tensor,
+               terms: dict[str, float]) -> torch.Tensor:
+    """``total + retain_weight * retain term`` (unchanged when ``retain_loss`` is none), logging the term."""
+    if params.retain_loss == "none" or params.retain_weight == 0:
+        return total
+    value = retain_term(ctx, batches["retain"], params.retain_loss)
+    terms[f"retain_{params.retain_loss}"] = value.item()
+    return total + params.retain_weight * value
+
+
+def retain_needs(needs: frozenset[str], params: RetainTermParams) -> frozenset[str]:
+    """The batches read: the retain batch only when there is a retain term."""
+    if params.retain_loss == "none" or params.retain_weight == 0:
+        return needs - {"retain"}
+    return needs
