@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from unlearnkit.methods import register
-from unlearnkit.methods.base import Method
 from unlearnkit.methods.sequence_terms import (
-    RetainTermParams, add_retain, forget_nll_value, has_answer, retain_needs, sequence_logprob, sequence_mean,
+    ForgetRetainMethod, RetainTermParams, forget_nll_value, has_answer, sequence_logprob, sequence_mean,
 )
 
 
@@ -37,22 +36,17 @@ def dpo_loss(win: torch.Tensor, win_ref: torch.Tensor, lose: torch.Tensor, lose_
 
 class DPOParams(RetainTermParams):
     beta: float = Field(0.1, gt=0, description="inverse temperature of the preference margin")
-    forget_weight: float = Field(1.0, ge=0, description="weight of the preference term")
     retain_loss: str = Field("none", pattern="^(none|nll|kl)$", description="none, nll or kl retain term")
 
 
 @register
-class DPO(Method):
+class DPO(ForgetRetainMethod):
     name = "dpo"
     Params = DPOParams
     needs = frozenset({"forget", "alternative", "retain"})
     needs_reference = True
 
-    @property
-    def batch_needs(self) -> frozenset[str]:
-        return retain_needs(self.needs, self.params)
-
-    def loss(self, ctx, batches):
+    def forget_objective(self, ctx, batches):
         p = self.params
         lose_batch, win_batch = batches["forget"], batches["alternative"]
         lose_al, win_al = ctx.logits(lose_batch), ctx.logits(win_batch)
@@ -66,5 +60,4 @@ class DPO(Method):
         terms = {"dpo": pref.item(), "forget_nll": forget_nll_value(ctx, lose_batch, lose_al).item(),
                  "alternative_nll": forget_nll_value(ctx, win_batch, win_al).item(),
                  "margin": float((((win - win_ref) - (lose - lose_ref)).detach() * rows).sum() / n)}
-        total = add_retain(ctx, batches, p, p.forget_weight * pref, terms)
-        return total, terms
+        return pref, terms

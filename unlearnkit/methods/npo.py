@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from unlearnkit.methods import register
-from unlearnkit.methods.base import Method
 from unlearnkit.methods.sequence_terms import (
-    RetainTermParams, add_retain, forget_nll_value, has_answer, retain_needs, sequence_logprob, sequence_mean,
+    ForgetRetainMethod, RetainTermParams, forget_nll_value, has_answer, sequence_logprob, sequence_mean,
 )
 
 
@@ -30,21 +29,15 @@ def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.T
 
 class NPOParams(RetainTermParams):
     beta: float = Field(0.1, gt=0, description="inverse temperature of the log-ratio")
-    forget_weight: float = Field(1.0, ge=0)
 
 
 @register
-class NPO(Method):
+class NPO(ForgetRetainMethod):
     name = "npo"
     Params = NPOParams
-    needs = frozenset({"forget", "retain"})
     needs_reference = True
 
-    @property
-    def batch_needs(self) -> frozenset[str]:
-        return retain_needs(self.needs, self.params)
-
-    def loss(self, ctx, batches):
+    def forget_objective(self, ctx, batches):
         p = self.params
         batch = batches["forget"]
         al = ctx.logits(batch)
@@ -53,5 +46,4 @@ class NPO(Method):
         forget = sequence_mean(ctx, batch, npo_loss(logp, ref_logp, p.beta), has_answer(al))
         terms = {"npo": forget.item(), "forget_nll": forget_nll_value(ctx, batch, al).item(),
                  "log_ratio": float(((logp - ref_logp).detach() * has_answer(al)).sum() / has_answer(al).sum().clamp(min=1))}
-        total = add_retain(ctx, batches, p, p.forget_weight * forget, terms)
-        return total, terms
+        return forget, terms

@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 
 from unlearnkit.losses import AnswerLogits, kl_reference_current, mean_nll, token_nll
-from unlearnkit.methods.base import LossContext, MethodParams
+from unlearnkit.methods.base import LossContext, Method, MethodParams
 
 
 def sequence_logprob(al: AnswerLogits) -> torch.Tensor:
@@ -56,8 +56,9 @@ RetainLoss = Literal["none", "nll", "kl"]
 
 
 class RetainTermParams(MethodParams):
-    """A retain term added to the forget objective: ``retain_weight * term(retain)``."""
+    """``forget_weight * objective(forget) + retain_weight * term(retain)``."""
 
+    forget_weight: float = Field(1.0, ge=0)
     retain_loss: RetainLoss = Field("nll", description="none, nll (cross-entropy on retain answers) or kl (to the reference)")
     retain_weight: float = Field(1.0, ge=0)
 
@@ -76,18 +77,33 @@ def retain_term(ctx: LossContext, batch: dict, kind: str) -> torch.Tensor:
     raise ValueError(f"unknown retain_loss {kind!r}")
 
 
-def add_retain(ctx: LossContext, batches: dict, params: RetainTermParams, total: torch.Tensor,
-               terms: dict[str, float]) -> torch.Tensor:
-    """``total + retain_weight * retain term`` (unchanged when ``retain_loss`` is none), logging the term."""
-    if params.retain_loss == "none" or params.retain_weight == 0:
-        return total
-    value = retain_term(ctx, batches["retain"], params.retain_loss)
-    terms[f"retain_{params.retain_loss}"] = value.item()
-    return total + params.retain_weight * value
+def _has_retain(params: RetainTermParams) -> bool:
+    return params.retain_loss != "none" and params.retain_weight > 0
 
 
-def retain_needs(needs: frozenset[str], params: RetainTermParams) -> frozenset[str]:
-    """The batches read: the retain batch only when there is a retain term."""
-    if params.retain_loss == "none" or params.retain_weight == 0:
-        return needs - {"retain"}
-    return needs
+class ForgetRetainMethod(Method):
+    """A method whose loss is a forget objective plus the optional retain term.
+
+    Subclasses define ``forget_objective(ctx, batches) -> (value, terms)``.
+    """
+
+    Params = RetainTermParams
+    needs = frozenset({"forget", "retain"})
+
+    @property
+    def batch_needs(self) -> frozenset[str]:
+        # The retain batch is built only when there is a retain term.
+        return self.needs if _has_retain(self.params) else self.needs - {"retain"}
+
+    def forget_objective(self, ctx: LossContext, batches: dict[str, dict]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def loss(self, ctx, batches):
+        p = self.params
+        value, terms = self.forget_objective(ctx, batches)
+        total = p.forget_weight * value
+        if _has_retain(p):
+            retain = retain_term(ctx, batches["retain"], p.retain_loss)
+            terms[f"retain_{p.retain_loss}"] = retain.item()
+            total = total + p.retain_weight * retain
+        return total, terms

@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from unlearnkit.methods import register
-from unlearnkit.methods.base import Method
 from unlearnkit.methods.sequence_terms import (
-    RetainTermParams, add_retain, forget_nll_value, has_answer, retain_needs, sequence_lengths, sequence_logprob,
+    ForgetRetainMethod, RetainTermParams, forget_nll_value, has_answer, sequence_lengths, sequence_logprob,
     sequence_mean,
 )
 
@@ -34,28 +33,21 @@ def simnpo_loss(logp: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: f
 class SimNPOParams(RetainTermParams):
     beta: float = Field(2.5, gt=0, description="inverse temperature of the length-normalised log-probability")
     gamma: float = Field(0.0, ge=0, description="margin inside the sigmoid")
-    forget_weight: float = Field(1.0, ge=0)
     # Reference-free: a KL retain term would need the reference model the method exists to avoid.
     retain_loss: str = Field("nll", pattern="^(none|nll)$", description="none or nll (cross-entropy on retain answers)")
 
 
 @register
-class SimNPO(Method):
+class SimNPO(ForgetRetainMethod):
     name = "simnpo"
     Params = SimNPOParams
-    needs = frozenset({"forget", "retain"})
     needs_reference = False
 
-    @property
-    def batch_needs(self) -> frozenset[str]:
-        return retain_needs(self.needs, self.params)
-
-    def loss(self, ctx, batches):
+    def forget_objective(self, ctx, batches):
         p = self.params
         batch = batches["forget"]
         al = ctx.logits(batch)
         per_seq = simnpo_loss(sequence_logprob(al), sequence_lengths(al), p.beta, p.gamma)
         forget = sequence_mean(ctx, batch, per_seq, has_answer(al))
         terms = {"simnpo": forget.item(), "forget_nll": forget_nll_value(ctx, batch, al).item()}
-        total = add_retain(ctx, batches, p, p.forget_weight * forget, terms)
-        return total, terms
+        return forget, terms

@@ -20,8 +20,7 @@ from pydantic import Field
 
 from unlearnkit.losses import kl_reference_current
 from unlearnkit.methods import register
-from unlearnkit.methods.base import Method
-from unlearnkit.methods.sequence_terms import RetainTermParams, add_retain, forget_nll_value, retain_needs
+from unlearnkit.methods.sequence_terms import ForgetRetainMethod, RetainTermParams, forget_nll_value
 
 
 def lowered_logits(reference_logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -32,21 +31,15 @@ def lowered_logits(reference_logits: torch.Tensor, targets: torch.Tensor, gamma:
 
 class UNDIALParams(RetainTermParams):
     gamma: float = Field(10.0, gt=0, description="how much the answer token's logit is lowered in the target")
-    forget_weight: float = Field(1.0, ge=0)
 
 
 @register
-class UNDIAL(Method):
+class UNDIAL(ForgetRetainMethod):
     name = "undial"
     Params = UNDIALParams
-    needs = frozenset({"forget", "retain"})
     needs_reference = True
 
-    @property
-    def batch_needs(self) -> frozenset[str]:
-        return retain_needs(self.needs, self.params)
-
-    def loss(self, ctx, batches):
+    def forget_objective(self, ctx, batches):
         p = self.params
         batch = batches["forget"]
         al = ctx.logits(batch)
@@ -54,5 +47,4 @@ class UNDIAL(Method):
         # KL(q || current), token mean over the answer tokens (the shared KL, with q as the reference).
         forget = kl_reference_current(target, al.logits, al.mask, ctx.normaliser(batch, al.mask))
         terms = {"undial_kl": forget.item(), "forget_nll": forget_nll_value(ctx, batch, al).item()}
-        total = add_retain(ctx, batches, p, p.forget_weight * forget, terms)
-        return total, terms
+        return forget, terms
