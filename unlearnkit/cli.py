@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     from unlearnkit.demo import add_commands as add_demo_commands
 
     add_demo_commands(sub)  # demo
+    from unlearnkit.leaderboard import add_command as add_leaderboard_command
+
+    add_leaderboard_command(sub)  # leaderboard
     return parser
 
 

@@ -20,6 +20,6 @@ def get_method(name: str) -> type[Method]:
 
 
 # Importing the modules registers them.
-from unlearnkit.methods import dpo, finetune, gradient_ascent, npo, simnpo, sku, undial  # noqa: E402,F401
+from unlearnkit.methods import dpo, finetune, gradient_ascent, npo, rmu, simnpo, sku, undial  # noqa: E402,F401
 
 __all__ = ["METHODS", "LossContext", "Method", "MethodParams", "get_method", "register"]
