@@ -56,12 +56,15 @@ def masked_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, d
     return (per_token * mask).sum() / torch.where(d > 0, d, torch.ones_like(d))
 
 
-def select_mlp_parameters(model, layers: set[int], lora: bool) -> list[str]:
-    """Freeze every parameter outside the MLPs of ``layers``; return the names left trainable."""
+def select_mlp_parameters(model, layers: set[int], lora: bool, modules: list[str] | None = None) -> list[str]:
+    """Freeze every parameter outside the MLPs of ``layers`` (and, when given, outside the MLP
+    sub-modules named in ``modules``, e.g. ``down_proj``); return the names left trainable."""
     trainable = []
     for name, param in model.named_parameters():
         m = _MLP_PARAM.search(name)
         inside = m is not None and int(m.group(1)) in layers
+        if inside and modules:
+            inside = any(f".{mod}." in f".{name}." for mod in modules)
         if not inside:
             param.requires_grad_(False)
         elif not lora:
@@ -76,6 +79,8 @@ class RMUParams(MethodParams):
     trained_layers: int = Field(3, ge=1, description="train the MLPs of `layer` and the layers before it, this many in all")
     steering_coeff: float = Field(20.0, gt=0, description="c: the norm of the target direction")
     alpha: float = Field(100.0, ge=0, description="weight of the retain activation term")
+    mlp_modules: list[str] = Field(default_factory=list,
+                                   description="train only these MLP sub-modules (e.g. [down_proj]); empty: the whole MLP")
     forget_weight: float = Field(1.0, ge=0)
     seed: int | None = Field(None, description="seed of the random direction (drawn once per run when unset)")
 
@@ -101,7 +106,7 @@ class RMU(Method):
         n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
         if n_layers is not None and p.layer >= n_layers:
             raise ConfigError(f"method.layer: {p.layer} does not exist; the model has {n_layers} decoder layers (0-{n_layers - 1}).")
-        trainable = select_mlp_parameters(model, layers, lora=is_peft(model))
+        trainable = select_mlp_parameters(model, layers, lora=is_peft(model), modules=p.mlp_modules)
         if not trainable:
             raise ConfigError(f"method rmu: no MLP parameter of layers {sorted(layers)} is trainable "
                               "(with LoRA, its target_modules must include the MLP projections).")
