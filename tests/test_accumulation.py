@@ -3,7 +3,7 @@
 Batch 4 / accumulation 1, batch 2 / accumulation 2, batch 1 / accumulation 4
 and two gloo processes x batch 1 x accumulation 2 give the same gradient
 (stated tolerance: 1e-5 of the largest gradient entry; only the order of float
-sums differs), for ``ga``, ``llm_unlearn`` and ``sku`` with its hinge and its
+sums differs), for ``ga``, ``llm_unlearn``, a per-sequence mean and ``sku`` with its hinge and its
 anchor (the clamped NLL rise of the negated copy). The answers have unequal
 lengths (1 to 12 tokens), where per-micro-batch means are wrong.
 
@@ -42,6 +42,8 @@ RETAIN = [
 METHODS = {
     "ga": ({"name": "ga"}, False),
     "llm_unlearn": ({"name": "llm_unlearn", "num_random": 2}, False),
+    # A mean over sequences of unequal lengths: exact only with the step-wide sequence count.
+    "sequence_mean": ({"name": "test_sequence_mean"}, False),
     # kl_target 0.005: the step-2 KL is 0.0037, while two of the four examples alone are at 0.0057 and 0.0067,
     # so a hinge of a part (micro-batch or process) instead of the step would drop their gradient.
     "sku_hinge": ({"name": "sku", "divergence": "hinge", "kl_target": 0.005, "num_random": 1}, False),

@@ -53,6 +53,12 @@ class DataConfig(Strict):
     # Pool of normal answers for the random-mismatch term (llm_unlearn); the
     # retain set when not given.
     random: DataSourceConfig | None = None
+    # Alternative answers to the forget prompts, for methods that prefer one
+    # (dpo): a forget prompt's own answer here when the set has that prompt (the
+    # PKU safe answer), else a seeded draw (refusals, "I don't know" answers; the
+    # `answers` recipe reads one per line). Examples whose prompt or answer is
+    # in a held-out set are left out.
+    alternative: DataSourceConfig | None = None
     # The leak audit stops a run whose held-out or evaluation sets share a
     # normalised prompt or response with a trained set; true lets it run (for a
     # deliberate in-distribution check) and still records the counts.
@@ -225,14 +231,13 @@ def validate(raw: dict, source: str | None = None) -> RunConfig:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source=source)) from None
-    from unlearnkit.methods import METHODS
+    from unlearnkit.methods import get_method
 
     name = cfg.method["name"]
-    if name not in METHODS:
-        raise ConfigError(
-            f"invalid config{f' in {source}' if source else ''}: method.name: unknown method {name!r}; "
-            f"choose one of {', '.join(sorted(METHODS))}."
-        )
+    try:
+        get_method(name)
+    except ConfigError as err:
+        raise ConfigError(f"invalid config{f' in {source}' if source else ''}: method.name: {err}") from None
     try:
         params = cfg.method_params()
     except ValidationError as err:

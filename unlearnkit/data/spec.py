@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from unlearnkit.data.recipes import (
     RECIPES,
+    answers,
     generic,
     pku_saferlhf,
     prompts,
@@ -149,7 +150,7 @@ def detect_recipe(rows: list[dict], location: str) -> str:
 def load_examples(cfg: DataSourceConfig, tokenizer=None) -> Items:
     """Examples (or MC items) of one source: recipe, then shuffle and limit (no holdout)."""
     recipe, location = parse_spec(cfg.spec)
-    rows = load_rows(location, hub_config=cfg.hub_config, hub_split=cfg.hub_split)
+    rows = [] if recipe == "answers" else load_rows(location, hub_config=cfg.hub_config, hub_split=cfg.hub_split)
     if recipe is None:
         recipe = detect_recipe(rows, location)
     items: list
@@ -176,6 +177,8 @@ def load_examples(cfg: DataSourceConfig, tokenizer=None) -> Items:
         items = generic(rows, cfg.prompt_field, cfg.response_field, source=location)
     elif recipe == "tofu":
         items = tofu(rows, cfg.tofu_field, source=location)
+    elif recipe == "answers":
+        items = answers(location)
     else:  # RECIPES and this dispatch must list the same names
         raise DataError(f"recipe {recipe!r} is registered but has no loader; known: {', '.join(RECIPES)}.")
     if not items:
