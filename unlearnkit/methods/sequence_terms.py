@@ -14,18 +14,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from unlearnkit.losses import AnswerLogits, kl_reference_current, mean_nll, token_nll
+from unlearnkit.losses import AnswerLogits, kl_reference_current, mean_nll, sequence_lengths, sequence_logprob
 from unlearnkit.methods.base import LossContext, Method, MethodParams
 
 
-def sequence_logprob(al: AnswerLogits) -> torch.Tensor:
-    """Sum of the answer tokens' log-probabilities of each sequence, shape (B,)."""
-    return -token_nll(al).sum(dim=1)
-
-
-def sequence_lengths(al: AnswerLogits) -> torch.Tensor:
-    """Number of answer tokens of each sequence, shape (B,)."""
-    return al.mask.sum(dim=1)
+__all__ = ["sequence_lengths", "sequence_logprob", "has_answer", "sequence_mean", "forget_nll_value",
+           "RetainTermParams", "ForgetRetainMethod", "retain_term"]
 
 
 def has_answer(al: AnswerLogits) -> torch.Tensor:
@@ -37,13 +31,11 @@ def sequence_mean(ctx: LossContext, batch: dict, values: torch.Tensor, rows: tor
     """Mean over the step's sequences of ``values`` (B,), counting only ``rows``.
 
     The sum over this micro-batch divided by the step-wide sequence share the
-    loop provides (``ctx.sequence_normaliser``); without it (a batch built by
-    hand) the mean over this batch's sequences.
+    loop provides (``ctx.sequence_normaliser``; for a batch built by hand, the
+    count of this batch's sequences with an answer).
     """
     total = (values * rows).sum()
-    normaliser = getattr(ctx, "sequence_normaliser", None)
-    denom = normaliser(batch) if normaliser is not None else rows.sum()
-    denom = torch.as_tensor(denom, dtype=total.dtype, device=total.device)
+    denom = torch.as_tensor(ctx.sequence_normaliser(batch), dtype=total.dtype, device=total.device)
     return total / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
