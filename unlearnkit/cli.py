@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     from unlearnkit.attacks.commands import add_attack_command
 
     add_attack_command(sub)  # attack
+    from unlearnkit.leaderboard import add_command as add_leaderboard_command
+
+    add_leaderboard_command(sub)  # leaderboard
     return parser
 
 

@@ -6,6 +6,6 @@ from unlearnkit.methods.base import FinishContext, LossContext, Method, MethodPa
 from unlearnkit.methods.registry import METHODS, get_method, load_dotted, register
 
 # Importing the modules registers them.
-from unlearnkit.methods import finetune, gradient_ascent, sku  # noqa: E402,F401
+from unlearnkit.methods import dpo, finetune, gradient_ascent, npo, rmu, simnpo, sku, undial  # noqa: E402,F401
 
 __all__ = ["METHODS", "FinishContext", "LossContext", "Method", "MethodParams", "get_method", "load_dotted", "register"]
