@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from unlearnkit.data.spec import DataSourceConfig
-from unlearnkit.evaluation.suite import EvalOptions
+from unlearnkit.evaluation.options import EvalOptions
 from unlearnkit.errors import ConfigError
 from unlearnkit.models import ModelConfig
 from unlearnkit.trackers import TrackerName

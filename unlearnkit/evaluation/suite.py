@@ -38,7 +38,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnkit.data.spec import DataSourceConfig, load_examples, parse_spec, split_holdout
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
-from unlearnkit.evaluation.tofu_suite import TofuOptions
 
 from unlearnkit.evaluation.registry import SuiteRun, get_suite, suite_names  # noqa: E402
 
@@ -46,77 +45,7 @@ from unlearnkit.evaluation.registry import SuiteRun, get_suite, suite_names  # n
 SUITES: tuple[str, ...] = suite_names()
 EXTRA_SUITES: tuple[str, ...] = tuple(n for n in suite_names(True) if n not in SUITES)
 # Where the development checkout keeps its data (relative to the project root).
-SHARED = "../shared/data"
-EVAL_FORMAT = "unlearnkit-eval/1"
-BORDERLINE_HELDOUT = Path(__file__).resolve().parents[1] / "assets" / "borderline_heldout.txt"
-
-
-def _src(spec: str, **kw) -> DataSourceConfig:
-    return DataSourceConfig(spec=spec, **kw)
-
-
-class EvalOptions(BaseModel):
-    """Everything an evaluation can be told; unknown keys are rejected."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    # "auto": the run's training template, else the tokenizer's chat template
-    # when it has one, else the papers' "qa" format.
-    template: Literal["auto", "chat", "qa", "raw"] = "auto"
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(8, ge=1)
-    max_length: int = Field(512, ge=8)  # likelihood metrics: tokens per scored item
-    do_sample: bool = False
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int = 0
-    # Caps on the number of items per set; ``limit`` caps every set at once
-    # (the CLI's --limit). None: no cap.
-    limit: int | None = Field(None, ge=1)
-    harm_limit: int | None = Field(50, ge=1)
-    normal_limit: int | None = Field(50, ge=1)
-    truthfulqa_limit: int | None = Field(None, ge=1)
-    perplexity_limit: int | None = Field(100, ge=1)
-    memorisation_limit: int | None = Field(50, ge=1)
-    samples: int = Field(3, ge=0)  # example generations kept per set in eval.json
-    progress: bool = True
-    # Judge specs for the harm suite (see unlearnkit.evaluation.judges.get_judge).
-    # None: "refusal" and "classifier" (the shipped judge; "refusal" alone if it is missing).
-    judges: list[str | dict[str, Any]] | None = None
-
-    forget_prompts: DataSourceConfig | None = None
-    unseen_prompts: DataSourceConfig | None = Field(
-        default_factory=lambda: _src(f"prompts:{SHARED}/harmful_prompts/advbench_harmful_behaviors.csv", shuffle=False)
-    )
-    # The 60 TruthfulQA questions the example configs hold out of training.
-    normal_prompts: DataSourceConfig | None = Field(
-        default_factory=lambda: _src(f"truthfulqa:{SHARED}/truthfulqa/TruthfulQA.csv", holdout=60, seed=0)
-    )
-    truthfulqa: DataSourceConfig | None = Field(
-        default_factory=lambda: _src(f"truthfulqa_mc:{SHARED}/truthfulqa/TruthfulQA.csv", shuffle=False)
-    )
-    perplexity_texts: DataSourceConfig | None = Field(
-        default_factory=lambda: _src(f"text:{SHARED}/retain/c4_demo.json", mode="chunks", chunk_tokens=256, shuffle=False)
-    )
-    memorisation_pairs: DataSourceConfig | None = Field(
-        default_factory=lambda: _src(
-            f"text:{SHARED}/books/dorothy_and_the_wizard_in_oz.txt",
-            # Shuffled (seeded): pairs from across the book, not its title pages.
-            mode="pairs", prompt_tokens=32, continuation_tokens=32, shuffle=True, seed=0,
-        )
-    )
-    memorisation_template: Literal["raw", "qa", "chat"] = "raw"
-    overrefusal_prompts: DataSourceConfig | None = Field(
-        default_factory=lambda: _src(f"prompts:{BORDERLINE_HELDOUT}", shuffle=False))
-    overrefusal_limit: int | None = Field(None, ge=1)
-    # Options of the attack suite (unlearnkit.attacks.AttackOptions; docs/robustness.md).
-    attack: dict[str, Any] = Field(default_factory=dict)
-    # The TOFU benchmark's sets and settings (unlearnkit.evaluation.tofu_suite, docs/tofu.md).
-    tofu: TofuOptions = Field(default_factory=TofuOptions)
-
-    def cap(self, per_set: int | None) -> int | None:
-        caps = [c for c in (per_set, self.limit) if c is not None]
-        return min(caps) if caps else None
+from unlearnkit.evaluation.options import BORDERLINE_HELDOUT, EVAL_FORMAT, SHARED, EvalOptions, _src  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- run configs

@@ -32,38 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnkit.data.spec import DataSourceConfig
 from unlearnkit.errors import ConfigError, DataError
+from unlearnkit.evaluation.options import SHARED_TOFU, TofuOptions, _tofu  # noqa: F401
 
-SHARED_TOFU = "../shared/data/tofu"
 # The per-item lists that are kept in eval.json (the reference needs the forget truth ratios).
 _KEEP_PER_ITEM = ("forget_truth_ratio", "mia_forget_scores", "mia_holdout_scores")
-
-
-def _tofu(name: str, **kw) -> DataSourceConfig:
-    return DataSourceConfig(spec=f"tofu:{SHARED_TOFU}/{name}.json", shuffle=False, dedupe=False, **kw)
-
-
-class TofuOptions(BaseModel):
-    """Options of the ``tofu`` suite (``options.tofu`` in an eval config); unknown keys are rejected."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    forget: DataSourceConfig = Field(default_factory=lambda: _tofu("forget01_perturbed"))
-    retain: DataSourceConfig | None = Field(default_factory=lambda: _tofu("retain_perturbed"))
-    real_authors: DataSourceConfig | None = Field(default_factory=lambda: _tofu("real_authors_perturbed"))
-    world_facts: DataSourceConfig | None = Field(default_factory=lambda: _tofu("world_facts_perturbed"))
-    # Questions the model never saw, for the membership-inference AUC (TOFU's holdoutNN on the hub).
-    holdout: DataSourceConfig | None = None
-    # The retain model's eval.json (this suite's), or in an experiment the name of the eval stage that wrote it.
-    reference: str | None = None
-    # This model IS the retain model: forget quality 1 and privacy leak 0 by definition.
-    is_reference: bool = False
-    limit: int | None = Field(None, ge=1)  # items per set (TOFU's own evaluation scores 300)
-    max_new_tokens: int = Field(200, ge=1)  # greedy answers for ROUGE (the benchmark's 200)
-    mia_attack: Literal["min_k", "loss"] = "min_k"
-    mia_k: float = Field(0.4, gt=0, le=1)
-    perturbed_mean: Literal["geometric", "arithmetic"] = "geometric"
-    eps: float = Field(1e-10, ge=0)
-    bootstrap_seed: int = 0
 
 
 # --------------------------------------------------------------------------- intervals
