@@ -31,10 +31,9 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnkit.data.spec import DataSourceConfig, load_examples, parse_spec, split_holdout
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
