@@ -437,7 +437,7 @@ def check_suite_data(suites: list[str], options: EvalOptions) -> None:
                 (".", "/", "~"))
             if looks_local and not p.exists():
                 default = getattr(defaults, name)
-                why = (f" (a default: UNLEARNKIT_DATA={data_root()} names the folder of the default data sets)"
+                why = (f" (the default, read from UNLEARNKIT_DATA={data_root()}, the folder of the default data sets)"
                        if default is not None and default.spec == src.spec else "")
                 raise DataError(
                     f"{name}: no such file: {location}{why}; give yours with --set {name}.spec=RECIPE:PATH "
