@@ -39,7 +39,7 @@ def test_quantisation_and_relearning_attack_a_short_llm_unlearn_run(tmp_path, mo
     assert base["unlearned"]["mean_nll"] > base["original"]["mean_nll"]
     q = result["results"]["quantise"]["int4"]
     delta = q["delta"]["overall"]
-    assert delta["weights"] > 0 and 0 <= delta["share_same_after_quantisation"] <= 1
+    assert delta["weights"] > 0 and 0 <= delta["share_same_code_after_quantisation"] <= 1
     for rec in (q["recovery"], result["results"]["relearn"]["runs"][0]["points"][0]["recovery"]):
         if rec["defined"]:
             assert rec["ci95"][0] <= rec["ratio"] <= rec["ci95"][1]
