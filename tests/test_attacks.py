@@ -85,7 +85,7 @@ def test_delta_report_against_the_step_by_hand():
     assert d["mean_step"] == pytest.approx(0.25)
     assert d["delta_over_step"] == pytest.approx(0.3)
     assert d["share_below_half_step"] == pytest.approx(0.75)  # 0, 0.1 and 0 are below 0.125
-    assert d["share_same_after_quantisation"] == pytest.approx(0.75)  # -0.25 -> code -1, -0.05 -> code 0
+    assert d["share_same_code_after_quantisation"] == pytest.approx(0.75)  # -0.25 -> code -1, -0.05 -> code 0
 
 
 # ----------------------------------------------------------------------------- recovery ratio

@@ -1,4 +1,4 @@
-"""A real attack: SmolLM2-135M-Instruct unlearned by a short llm_unlearn run, then quantised to 4 bits and
+"""A real attack: SmolLM2-135M-Instruct unlearned by a 15-step llm_unlearn run, then quantised to 4 bits and
 relearned for 10 steps on held-out forget data (make integration; about 10 minutes on a 2-core CPU)."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 def test_quantisation_and_relearning_attack_a_short_llm_unlearn_run(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the shipped config names ../shared/data relative to the project
     cfg = load_config(ROOT / "configs" / "smollm2-pku-llm_unlearn.yaml",
-                      [f"output_dir={tmp_path}", "train.max_steps=30", "train.save_every=null", "train.progress=false"])
+                      [f"output_dir={tmp_path}", "train.max_steps=15", "train.save_every=null", "train.progress=false",
+                       "eval.enabled=false"])
     summary = run_unlearning(cfg)
     assert summary["model_path"], summary
     options = {"attacks": ["quantise", "relearn", "prompts"], "bits": [4], "relearn_steps": [10],
@@ -38,7 +39,7 @@ def test_quantisation_and_relearning_attack_a_short_llm_unlearn_run(tmp_path, mo
     assert base["unlearned"]["mean_nll"] > base["original"]["mean_nll"]
     q = result["results"]["quantise"]["int4"]
     delta = q["delta"]["overall"]
-    assert delta["weights"] > 0 and 0 <= delta["share_same_after_quantisation"] <= 1
+    assert delta["weights"] > 0 and 0 <= delta["share_same_code_after_quantisation"] <= 1
     for rec in (q["recovery"], result["results"]["relearn"]["runs"][0]["points"][0]["recovery"]):
         if rec["defined"]:
             assert rec["ci95"][0] <= rec["ratio"] <= rec["ci95"][1]

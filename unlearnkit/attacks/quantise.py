@@ -150,7 +150,7 @@ class _Tally:
         n = max(self.weights, 1)
         return {"weights": self.weights, "mean_abs_delta": self.abs_delta / n, "mean_step": self.step / n,
                 "delta_over_step": self.abs_delta / self.step if self.step else None,
-                "share_below_half_step": self.below_half / n, "share_same_after_quantisation": self.same_after / n}
+                "share_below_half_step": self.below_half / n, "share_same_code_after_quantisation": self.same_after / n}
 
 
 def _tally(original: torch.Tensor, unlearned: torch.Tensor, bits: int, group_size: int) -> _Tally:
@@ -159,10 +159,12 @@ def _tally(original: torch.Tensor, unlearned: torch.Tensor, bits: int, group_siz
     scales = group_scales(o, bits, group_size)
     step = scales.repeat_interleave(group_size, dim=1)[:, :cols]
     delta = (u - o).abs()
-    qo, _, _ = quantise_tensor(o, bits, group_size)
-    qu, _, _ = quantise_tensor(u, bits, group_size)
+    # The same integer code: the group scales of the two versions differ by a hair wherever a group's
+    # largest weight moved, so their dequantised values are compared through the codes.
+    _, co, _ = quantise_tensor(o, bits, group_size)
+    _, cu, _ = quantise_tensor(u, bits, group_size)
     return _Tally(weights=o.numel(), abs_delta=float(delta.double().sum()), step=float(step.double().sum()),
-                  below_half=int((delta < step / 2).sum()), same_after=int((qo == qu).sum()))
+                  below_half=int((delta < step / 2).sum()), same_after=int((co == cu).sum()))
 
 
 def _layer_of(name: str) -> str:
@@ -188,7 +190,8 @@ def delta_report(original: nn.Module, unlearned: nn.Module, bits: int, group_siz
     For every weight the attack rounds, with the step of the ORIGINAL weight's
     group: the mean |delta|, the mean step, their ratio, the share of weights
     whose delta is below half a step, and the share whose two versions round to
-    the same value (where quantisation undoes the unlearning exactly). Summed
+    the same integer code (there quantisation undoes the unlearning, up to the
+    group scale's own change). Summed
     per block (``layers.N``), per module kind (``q_proj``, ...) and overall.
     """
     ow = quantisable_weights(original, include_embeddings)

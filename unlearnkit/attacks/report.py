@@ -59,7 +59,7 @@ def _delta_rows(result: dict) -> list[list[str]]:
             ratio = t["delta_over_step"]
             rows.append([key, name, f"{t['weights']:,}", f"{t['mean_abs_delta']:.2e}", f"{t['mean_step']:.2e}",
                          f"{ratio:.3f}" if ratio is not None else "-", f"{t['share_below_half_step']:.3f}",
-                         f"{t['share_same_after_quantisation']:.3f}"])
+                         f"{t['share_same_code_after_quantisation']:.3f}"])
     return rows
 
 
@@ -81,7 +81,7 @@ def attack_markdown(result: dict) -> str:
                   "their ratio, the share of weights moved by less than half a step, and the share whose two "
                   "versions round to the same value (there quantisation undoes the unlearning exactly).", "",
                   markdown_table(["bits", "modules", "weights", "mean abs delta", "mean step", "delta / step",
-                                  "below half step", "same after rounding"], delta)]
+                                  "below half step", "same code after rounding"], delta)]
     secs = result.get("seconds", {})
     lines += ["", "Seconds: " + ", ".join(f"{k} {v}" for k, v in secs.items()), ""]
     return "\n".join(lines)
