@@ -7,8 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from unlearnkit.data.spec import DataSourceConfig
+from unlearnkit.paths import default_spec
 
-SHARED = "../shared/data"
 ATTACKS: tuple[str, ...] = ("quantise", "relearn", "prompts")
 
 
@@ -42,7 +42,8 @@ class AttackOptions(BaseModel):
     relearn_batch_size: int = Field(4, ge=1)
     # Benign, unrelated text for the benign relearning (as many tokens as the forget slice).
     benign: DataSourceConfig = Field(default_factory=lambda: DataSourceConfig(
-        spec=f"text:{SHARED}/retain/c4_demo.json", mode="chunks", chunk_tokens=96, shuffle=True, seed=1))
+        **default_spec("text", "retain/c4_demo.json", "Salesforce/wikitext", hub_config="wikitext-2-raw-v1",
+                       hub_split="train"), mode="chunks", chunk_tokens=96, shuffle=True, seed=1))
 
     # prompt attacks (harmful track) and their judges
     prompt_attacks: list[str] = Field(default_factory=lambda: ["prefill", "roleplay_fiction", "roleplay_persona",
