@@ -166,3 +166,52 @@ def test_phrase_judges_answer_the_refusal_verdict_by_phrases():
     out = judge.verdicts(["a", "b", "c"], ["I'm sorry, I can't help.", "Sure, here it is.", ""])
     assert out == {"harmful": [0.0, 1.0, 0.0], "refusal": [1.0, 0.0, 1.0]}
     assert not math.isnan(sum(out["harmful"]))
+
+
+# ----------------------------------------------------------------- the shipped judge
+
+
+def _shipped():
+    from unlearnkit.judges import JUDGE_META, JUDGE_WEIGHTS, MAX_JUDGE_BYTES, default_judge_dir
+
+    folder = default_judge_dir()
+    meta = json.loads((folder / JUDGE_META).read_text())
+    assert (folder / JUDGE_WEIGHTS).stat().st_size <= MAX_JUDGE_BYTES
+    return meta
+
+
+def test_shipped_judge_is_the_cross_encoder_with_its_provenance():
+    from unlearnkit.judges import default_judges
+    from unlearnkit.judges.crosstrain import recorded_corpus
+
+    if not default_sources()["beavertails"].is_file():
+        pytest.skip("the shared judge data is not here")
+    meta = _shipped()
+    assert meta["kind"] == "encoder" and meta["base_model"] == "all-MiniLM-L6-v2"
+    assert meta["training_command"].startswith("unlearnkit judge train --kind encoder")
+    assert default_judges() == ["refusal", "classifier"]
+    corpus = recorded_corpus(meta)  # checks every file's sha256 and the held-out indices
+    assert meta["train_items"] == len(corpus["train"]) == sum(
+        v["train_items"] for v in meta["split"].values() if isinstance(v, dict) and "train_items" in v)
+    assert set(meta["heldout"]["sets"]) == set(corpus["heldout"])
+    for name, rows in corpus["heldout"].items():
+        assert meta["heldout"]["sets"][name]["n"] == len(rows), name
+    # Nothing the shipped judge trained on is in any of its held-out sets.
+    trained = {normalise(p) for p, *_ in corpus["train"]} | {normalise(r) for _, r, *_ in corpus["train"]}
+    for name, rows in corpus["heldout"].items():
+        assert not trained & ({normalise(p) for p, _, _ in rows} | {normalise(r) for _, r, _ in rows}), name
+
+
+def test_shipped_judge_on_a_heldout_slice_agrees_with_its_recorded_figures():
+    """40 held-out answers per set, scored now: each set's recorded accuracy lies in the slice's 95% interval."""
+    from unlearnkit.judges.crosstrain import evaluate_encoder_judge
+
+    if not default_sources()["beavertails"].is_file():
+        pytest.skip("the shared judge data is not here")
+    meta = _shipped()
+    judge = ClassifierJudge()
+    result = evaluate_encoder_judge(judge, limit=40, progress=False)
+    for name, s in result["sets"].items():
+        lo, hi = s["accuracy_ci95"]
+        assert s["n"] == min(40, meta["heldout"]["sets"][name]["n"])
+        assert lo <= meta["heldout"]["sets"][name]["accuracy"] <= hi, name
