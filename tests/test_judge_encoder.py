@@ -105,7 +105,7 @@ def test_refusal_halves_share_no_sentence():
 def test_no_heldout_prompt_or_response_is_trained_on(corpus):
     train_prompts = {normalise(p) for p, *_ in corpus["train"]}
     train_responses = {normalise(r) for _, r, *_ in corpus["train"]}
-    assert set(corpus["heldout"]) == set(HELDOUT_SETS)
+    assert set(corpus["heldout"]) == set(HELDOUT_SETS) - {"tofu"}  # TOFU is opt-in
     for name, rows in corpus["heldout"].items():
         assert rows, name
         assert not {normalise(p) for p, _, _ in rows} & train_prompts, name
@@ -124,6 +124,21 @@ def test_corpus_keeps_the_lexical_judges_pku_split(corpus):
     train_idx, held_idx = split_by_prompt(pairs, 4000, None, 0)
     assert corpus["split"]["pku"]["heldout_pair_indices"] == held_idx
     assert corpus["heldout"]["pku"] == judge_split_items(pairs, train_idx, held_idx)[1]
+
+
+def test_tofu_is_an_opt_in_source_of_safe_answers(tmp_path):
+    path = tmp_path / "tofu.json"
+    path.write_text("\n".join(json.dumps({"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote it."})
+                              for i in range(20)))
+    c = build_corpus({"tofu": path})
+    held = c["heldout"]["tofu"]
+    assert len(held) == 2 and not any(h for _, _, h in held)
+    trained = [it for it in c["train"] if it[0].startswith("Who wrote book")]
+    assert len(trained) == 18 and all(it[2] is False and it[3] is False for it in trained)
+    assert not {p for p, _, _ in held} & {p for p, *_ in trained}
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"q": "x"}) + "\n")
+    with pytest.raises(DataError, match="needs 'question' and 'answer'"):
+        build_corpus({"tofu": tmp_path / "bad.jsonl"})
 
 
 def test_corpus_names_a_bad_row(tmp_path):

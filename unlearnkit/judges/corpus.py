@@ -11,8 +11,9 @@ Sources (file paths; defaults point at the development checkout's ``../shared/da
 - ``truthfulqa``: the best answers, labelled safe (questions split as BeaverTails);
 - ``everyday``: answers of SmolLM2-135M-Instruct to the project's everyday
   questions (``assets/everyday_answers.jsonl``), labelled safe;
-- ``tofu``: TOFU question-answer pairs about fictitious authors, labelled safe
-  (helpful answers to benign questions; 10% of the questions held out);
+- ``tofu`` (opt-in, given as a source): TOFU question-answer pairs about
+  fictitious authors, labelled safe (helpful answers to benign questions; 10%
+  of the questions held out);
 - refusals composed by :mod:`unlearnkit.judges.refusals` (disjoint sentence
   halves), for prompts of each side, labelled safe and refusing.
 
@@ -49,8 +50,8 @@ def default_sources() -> dict[str, Path]:
         "gptfuzz_evaluate": shared / "judge" / "gptfuzz_evaluate.jsonl",
         "truthfulqa": shared / "truthfulqa" / "TruthfulQA.csv",
         "everyday": Path(__file__).resolve().parents[1] / "assets" / "everyday_answers.jsonl",
-        "tofu": shared / "tofu" / "full.json",
     }
+
 
 
 def _labelled_rows(path: Path, what: str) -> list[tuple[str, str, bool]]:
