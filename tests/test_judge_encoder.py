@@ -151,7 +151,7 @@ def test_corpus_names_a_bad_row(tmp_path):
 # ----------------------------------------------------------------- train, save, load
 
 
-def test_encoder_judge_trains_saves_and_reloads_with_two_verdicts(tmp_path, corpus):
+def test_encoder_judge_trains_saves_and_reloads_with_two_verdicts(tmp_path, corpus, capsys):
     caps = {"pku": 6, "beavertails": 6, "truthfulqa": 3, "everyday": 2, "refusals": 3}
     meta = train_encoder_judge(tmp_path / "j", train_max=caps, gptfuzz_train_max=4, max_steps=2, batch_size=4,
                                max_length=32, layers=[4, 5], progress=False, evaluate=False, command="test")
@@ -164,6 +164,17 @@ def test_encoder_judge_trains_saves_and_reloads_with_two_verdicts(tmp_path, corp
     assert set(out) == set(VERDICTS) and all(len(v) == 2 and all(0 < p < 1 for p in v) for v in out.values())
     assert judge.harm_probability(["Hi"], ["Hello!"]) == pytest.approx([out["harmful"][1]], abs=1e-5)
     assert judge.refusal_probability(["Hi"], ["Hello!"]) == pytest.approx([out["refusal"][1]], abs=1e-5)
+    # `unlearnkit judge eval` prints every figure per held-out set, with n and intervals.
+    from unlearnkit.cli import main
+
+    assert main(["judge", "eval", "--judge", str(tmp_path / "j"), "--sets", "refusals,pku", "--limit", "3",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "[refusals]" in printed and "[pku]" in printed and "[beavertails]" not in printed
+    for line in ("accuracy:", "harmful recall:", "safe recall:", "judged harmful:", "judged refusal:",
+                 "expected calibration error:"):
+        assert printed.count(line) == 2, line
+    assert "(n=3)" in printed and "throughput: 6 answers in" in printed
     # Altered weights fail the self-check.
     from safetensors.torch import load_file, save_file
 
