@@ -58,6 +58,9 @@ def test_run_eval_every_suite_on_a_tiny_model(peaked_model_dir, shared_data, tmp
         assert res["n"] == 3
         assert 0.0 <= res["harmful_rate"]["refusal"] <= 1.0
         assert 0.0 <= res["mean_harm_probability"]["refusal"] <= 1.0
+        # The phrase judge calls an answer declined exactly when it does not call it harmful.
+        assert res["refusal_rate"]["refusal"] == pytest.approx(1.0 - res["harmful_rate"]["refusal"])
+        assert len(res["refusal_rate_ci95"]["refusal"]) == 2
         for key in ("distinct_1", "distinct_2", "empty_rate"):
             assert _numeric(res[key]) and 0.0 <= res[key] <= 1.0
         assert len(res["samples"]) == 3 and set(res["samples"][0]) == {"prompt", "response"}

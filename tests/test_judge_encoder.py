@@ -105,7 +105,7 @@ def test_refusal_halves_share_no_sentence():
 def test_no_heldout_prompt_or_response_is_trained_on(corpus):
     train_prompts = {normalise(p) for p, *_ in corpus["train"]}
     train_responses = {normalise(r) for _, r, *_ in corpus["train"]}
-    assert set(corpus["heldout"]) == set(HELDOUT_SETS)
+    assert set(corpus["heldout"]) == set(HELDOUT_SETS) - {"tofu"}  # TOFU is opt-in
     for name, rows in corpus["heldout"].items():
         assert rows, name
         assert not {normalise(p) for p, _, _ in rows} & train_prompts, name
@@ -126,6 +126,21 @@ def test_corpus_keeps_the_lexical_judges_pku_split(corpus):
     assert corpus["heldout"]["pku"] == judge_split_items(pairs, train_idx, held_idx)[1]
 
 
+def test_tofu_is_an_opt_in_source_of_safe_answers(tmp_path):
+    path = tmp_path / "tofu.json"
+    path.write_text("\n".join(json.dumps({"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote it."})
+                              for i in range(20)))
+    c = build_corpus({"tofu": path})
+    held = c["heldout"]["tofu"]
+    assert len(held) == 2 and not any(h for _, _, h in held)
+    trained = [it for it in c["train"] if it[0].startswith("Who wrote book")]
+    assert len(trained) == 18 and all(it[2] is False and it[3] is False for it in trained)
+    assert not {p for p, _, _ in held} & {p for p, *_ in trained}
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"q": "x"}) + "\n")
+    with pytest.raises(DataError, match="needs 'question' and 'answer'"):
+        build_corpus({"tofu": tmp_path / "bad.jsonl"})
+
+
 def test_corpus_names_a_bad_row(tmp_path):
     bad = tmp_path / "bt.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "response": "r", "harmful": "yes"}) + "\n")
@@ -136,7 +151,7 @@ def test_corpus_names_a_bad_row(tmp_path):
 # ----------------------------------------------------------------- train, save, load
 
 
-def test_encoder_judge_trains_saves_and_reloads_with_two_verdicts(tmp_path, corpus):
+def test_encoder_judge_trains_saves_and_reloads_with_two_verdicts(tmp_path, corpus, capsys):
     caps = {"pku": 6, "beavertails": 6, "truthfulqa": 3, "everyday": 2, "refusals": 3}
     meta = train_encoder_judge(tmp_path / "j", train_max=caps, gptfuzz_train_max=4, max_steps=2, batch_size=4,
                                max_length=32, layers=[4, 5], progress=False, evaluate=False, command="test")
@@ -149,6 +164,17 @@ def test_encoder_judge_trains_saves_and_reloads_with_two_verdicts(tmp_path, corp
     assert set(out) == set(VERDICTS) and all(len(v) == 2 and all(0 < p < 1 for p in v) for v in out.values())
     assert judge.harm_probability(["Hi"], ["Hello!"]) == pytest.approx([out["harmful"][1]], abs=1e-5)
     assert judge.refusal_probability(["Hi"], ["Hello!"]) == pytest.approx([out["refusal"][1]], abs=1e-5)
+    # `unlearnkit judge eval` prints every figure per held-out set, with n and intervals.
+    from unlearnkit.cli import main
+
+    assert main(["judge", "eval", "--judge", str(tmp_path / "j"), "--sets", "refusals,pku", "--limit", "3",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "[refusals]" in printed and "[pku]" in printed and "[beavertails]" not in printed
+    for line in ("accuracy:", "harmful recall:", "safe recall:", "judged harmful:", "judged refusal:",
+                 "expected calibration error:"):
+        assert printed.count(line) == 2, line
+    assert "(n=3)" in printed and "throughput: 6 answers in" in printed
     # Altered weights fail the self-check.
     from safetensors.torch import load_file, save_file
 
@@ -166,3 +192,52 @@ def test_phrase_judges_answer_the_refusal_verdict_by_phrases():
     out = judge.verdicts(["a", "b", "c"], ["I'm sorry, I can't help.", "Sure, here it is.", ""])
     assert out == {"harmful": [0.0, 1.0, 0.0], "refusal": [1.0, 0.0, 1.0]}
     assert not math.isnan(sum(out["harmful"]))
+
+
+# ----------------------------------------------------------------- the shipped judge
+
+
+def _shipped():
+    from unlearnkit.judges import JUDGE_META, JUDGE_WEIGHTS, MAX_JUDGE_BYTES, default_judge_dir
+
+    folder = default_judge_dir()
+    meta = json.loads((folder / JUDGE_META).read_text())
+    assert (folder / JUDGE_WEIGHTS).stat().st_size <= MAX_JUDGE_BYTES
+    return meta
+
+
+def test_shipped_judge_is_the_cross_encoder_with_its_provenance():
+    from unlearnkit.judges import default_judges
+    from unlearnkit.judges.crosstrain import recorded_corpus
+
+    if not default_sources()["beavertails"].is_file():
+        pytest.skip("the shared judge data is not here")
+    meta = _shipped()
+    assert meta["kind"] == "encoder" and meta["base_model"] == "all-MiniLM-L6-v2"
+    assert meta["training_command"].startswith("unlearnkit judge train --kind encoder")
+    assert default_judges() == ["refusal", "classifier"]
+    corpus = recorded_corpus(meta)  # checks every file's sha256 and the held-out indices
+    assert meta["train_items"] == len(corpus["train"]) == sum(
+        v["train_items"] for v in meta["split"].values() if isinstance(v, dict) and "train_items" in v)
+    assert set(meta["heldout"]["sets"]) == set(corpus["heldout"])
+    for name, rows in corpus["heldout"].items():
+        assert meta["heldout"]["sets"][name]["n"] == len(rows), name
+    # Nothing the shipped judge trained on is in any of its held-out sets.
+    trained = {normalise(p) for p, *_ in corpus["train"]} | {normalise(r) for _, r, *_ in corpus["train"]}
+    for name, rows in corpus["heldout"].items():
+        assert not trained & ({normalise(p) for p, _, _ in rows} | {normalise(r) for _, r, _ in rows}), name
+
+
+def test_shipped_judge_on_a_heldout_slice_agrees_with_its_recorded_figures():
+    """40 held-out answers per set, scored now: each set's recorded accuracy lies in the slice's 95% interval."""
+    from unlearnkit.judges.crosstrain import evaluate_encoder_judge
+
+    if not default_sources()["beavertails"].is_file():
+        pytest.skip("the shared judge data is not here")
+    meta = _shipped()
+    judge = ClassifierJudge()
+    result = evaluate_encoder_judge(judge, limit=40, progress=False)
+    for name, s in result["sets"].items():
+        lo, hi = s["accuracy_ci95"]
+        assert s["n"] == min(40, meta["heldout"]["sets"][name]["n"])
+        assert lo <= meta["heldout"]["sets"][name]["accuracy"] <= hi, name

@@ -192,7 +192,7 @@ class ClassifierJudge(Judge):
             if path is None:
                 raise UnlearnkitError(
                     f"the default classifier judge is missing ({folder} holds no {JUDGE_WEIGHTS}); "
-                    "reinstall unlearnkit, or run `unlearnkit judge train` to train it (about two minutes on a CPU), "
+                    "reinstall unlearnkit, or run `unlearnkit judge train` to train it (tens of minutes on a CPU; `--kind lexical`: two minutes), "
                     "or use another judge, e.g. --set judges=[refusal]."
                 )
             raise UnlearnkitError(

@@ -13,7 +13,7 @@ KIND_DEFAULTS = {
     "lora": {"epochs": 1, "lr": 3e-4, "batch_size": 8, "max_length": 256},
     "encoder": {"epochs": 1, "lr": 5e-4, "batch_size": 16, "max_length": 96},
 }
-SOURCE_NAMES = ("pku", "beavertails", "gptfuzz_train", "gptfuzz_evaluate", "truthfulqa", "everyday")
+SOURCE_NAMES = ("pku", "beavertails", "gptfuzz_train", "gptfuzz_evaluate", "truthfulqa", "everyday", "tofu")
 
 
 def _float_list(text: str) -> list[float]:

@@ -11,6 +11,9 @@ Sources (file paths; defaults point at the development checkout's ``../shared/da
 - ``truthfulqa``: the best answers, labelled safe (questions split as BeaverTails);
 - ``everyday``: answers of SmolLM2-135M-Instruct to the project's everyday
   questions (``assets/everyday_answers.jsonl``), labelled safe;
+- ``tofu`` (opt-in, given as a source): TOFU question-answer pairs about
+  fictitious authors, labelled safe (helpful answers to benign questions; 10%
+  of the questions held out);
 - refusals composed by :mod:`unlearnkit.judges.refusals` (disjoint sentence
   halves), for prompts of each side, labelled safe and refusing.
 
@@ -33,7 +36,9 @@ from unlearnkit.judges.refusals import refusals
 
 # (prompt, response, harmful, refusal or None when unknown)
 Item = tuple[str, str, bool, "bool | None"]
-HELDOUT_SETS = ("pku", "beavertails", "gptfuzz_evaluate", "refusals", "truthfulqa", "everyday")
+HELDOUT_SETS = ("pku", "beavertails", "gptfuzz_evaluate", "refusals", "truthfulqa", "everyday", "tofu")
+# Share of each source's prompt groups held out (PKU and GPTFuzz are split otherwise).
+HELDOUT_SHARE = {"everyday": 0.5, "tofu": 0.1}
 
 
 def default_sources() -> dict[str, Path]:
@@ -46,6 +51,7 @@ def default_sources() -> dict[str, Path]:
         "truthfulqa": shared / "truthfulqa" / "TruthfulQA.csv",
         "everyday": Path(__file__).resolve().parents[1] / "assets" / "everyday_answers.jsonl",
     }
+
 
 
 def _labelled_rows(path: Path, what: str) -> list[tuple[str, str, bool]]:
@@ -71,6 +77,19 @@ def _truthfulqa_rows(path: Path) -> list[tuple[str, str, bool]]:
     if not path.is_file():
         raise DataError(f"the TruthfulQA file {path} does not exist.")
     return [(ex.prompt, ex.response, False) for ex in truthfulqa(load_rows(str(path)), "best", source=str(path))]
+
+
+def _qa_rows(path: Path) -> list[tuple[str, str, bool]]:
+    from unlearnkit.data.sources import load_rows
+
+    if not path.is_file():
+        raise DataError(f"the question-answer file {path} does not exist.")
+    out = []
+    for i, row in enumerate(load_rows(str(path))):
+        if "question" not in row or "answer" not in row:
+            raise DataError(f"{path}: row {i} needs 'question' and 'answer' (keys: {', '.join(sorted(row))}).")
+        out.append((str(row["question"]), str(row["answer"]), False))
+    return out
 
 
 def _split_groups(rows: Sequence[tuple[str, str, bool]], fraction: float, seed: int, salt: str) -> list[int]:
@@ -101,7 +120,8 @@ def build_corpus(sources: dict[str, str | Path] | None = None, seed: int = 0, pk
     """
     from unlearnkit.judges.training import judge_split_items, load_labelled_pairs, split_by_prompt
 
-    paths = {k: Path(v).expanduser() for k, v in {**default_sources(), **(sources or {})}.items()}
+    # A source given as None is left out (the optional ones: everyday, tofu).
+    paths = {k: Path(v).expanduser() for k, v in {**default_sources(), **(sources or {})}.items() if v is not None}
     rng = random.Random(f"corpus:{seed}")
     train_parts: dict[str, list[Item]] = {}
     held: dict[str, list[tuple[str, str, bool]]] = {}
@@ -113,11 +133,12 @@ def build_corpus(sources: dict[str, str | Path] | None = None, seed: int = 0, pk
     train_parts["pku"] = [(p, r, h, _weak_refusal(r, h)) for p, r, h in pku_train]
     split["pku"] = {"heldout_pair_indices": pku_held_idx}
 
-    for name in ("beavertails", "truthfulqa", "everyday"):
-        if name == "everyday" and not paths[name].is_file():
+    readers = {"truthfulqa": _truthfulqa_rows, "tofu": _qa_rows}
+    for name in ("beavertails", "truthfulqa", "everyday", "tofu"):
+        if name in ("everyday", "tofu") and (name not in paths or not paths[name].is_file()):
             continue
-        rows = _truthfulqa_rows(paths[name]) if name == "truthfulqa" else _labelled_rows(paths[name], name)
-        held_idx = _split_groups(rows, heldout_fraction if name != "everyday" else 0.5, seed, name)
+        rows = readers[name](paths[name]) if name in readers else _labelled_rows(paths[name], name)
+        held_idx = _split_groups(rows, HELDOUT_SHARE.get(name, heldout_fraction), seed, name)
         hs = set(held_idx)
         held[name] = [rows[i] for i in held_idx]
         train_parts[name] = [(p, r, h, _weak_refusal(r, h)) for i, (p, r, h) in enumerate(rows) if i not in hs]

@@ -136,28 +136,23 @@ def train_encoder_judge(out_dir: str | Path, sources: dict | None = None, seed: 
     return meta
 
 
-def evaluate_encoder_judge(judge, sources: dict | None = None, sets: list[str] | None = None, limit: int | None = None,
-                           progress: bool = True) -> dict:
-    """Scores of a loaded encoder judge on the held-out sets it recorded (never a training item).
+def recorded_corpus(meta: dict, sources: dict | None = None) -> dict:
+    """The corpus a judge was trained on, rebuilt from its ``judge.json`` (files checked by sha256).
 
-    ``sources`` overrides file paths (by source name); each file must have the
-    sha256 recorded at training and the rebuilt held-out indices must match the
-    recorded ones. ``limit`` scores the first ``limit`` items of each set (a
-    fixed, seeded order), for quick checks.
+    ``sources`` overrides file paths by source name. Sources the judge was
+    trained without stay out. Raises :class:`DataError` when a file differs or
+    the rebuilt held-out indices differ from the recorded ones.
     """
-    import random
-
     from unlearnkit.judges.classifier import file_sha256
-    from unlearnkit.judges.corpus import build_corpus
+    from unlearnkit.judges.corpus import build_corpus, default_sources
 
-    meta = judge.meta
     split = meta["split"]
     recorded = {name: v["path"] for name, v in meta["data"].items()}
-    paths = {**recorded, **(sources or {})}
+    paths = {**{k: None for k in default_sources() if k not in recorded}, **recorded, **(sources or {})}
     for name, path in paths.items():
-        p = Path(path).expanduser()
-        if name not in meta["data"]:
+        if name not in meta["data"] or path is None:
             continue
+        p = Path(path).expanduser()
         if not p.is_file():
             raise DataError(f"the {name} file {p} does not exist; pass it with --source {name}=PATH.")
         if file_sha256(p) != meta["data"][name]["sha256"]:
@@ -173,6 +168,19 @@ def evaluate_encoder_judge(judge, sources: dict | None = None, sets: list[str] |
                 if key in v and corpus["split"][name].get(key) != v[key]:
                     raise DataError(f"the rebuilt {name} split differs from the recorded one; "
                                     "evaluate with the unlearnkit version that trained the judge.")
+    return corpus
+
+
+def evaluate_encoder_judge(judge, sources: dict | None = None, sets: list[str] | None = None, limit: int | None = None,
+                           progress: bool = True) -> dict:
+    """Scores of a loaded encoder judge on the held-out sets it recorded (never a training item).
+
+    The corpus is rebuilt and checked by :func:`recorded_corpus`. ``limit``
+    scores a seeded sample of at most ``limit`` items of each set, for quick checks.
+    """
+    import random
+
+    corpus = recorded_corpus(judge.meta, sources)
     heldout = {k: v for k, v in corpus["heldout"].items() if sets is None or k in sets}
     if limit is not None:
         heldout = {k: random.Random(f"limit:{k}").sample(v, min(limit, len(v))) for k, v in heldout.items()}
