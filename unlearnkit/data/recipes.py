@@ -1,6 +1,6 @@
 """Recipes: turn raw rows (see :mod:`unlearnkit.data.sources`) into examples.
 
-Each recipe accepts both the schema of the files in ``shared/data`` and the schema
+Each recipe accepts both the schema of the offline data files (``UNLEARNKIT_DATA``) and the schema
 of the same data set on the Hugging Face Hub, so a config works offline with a
 local copy and online with the hub name. Recipes never drop a row silently: a row
 missing a required key, or holding null or (for a text that is trained or

@@ -418,7 +418,7 @@ def _trained_content(run_config, trained_on, tokenizer):
 def check_suite_data(suites: list[str], options: EvalOptions) -> None:
     """Every data set the chosen suites need is set and, when local, exists: checked before any suite runs.
 
-    The defaults point at ``../shared/data`` (the layout of unlearnkit's own
+    The defaults are read from ``UNLEARNKIT_DATA`` (see :mod:`unlearnkit.paths`; the layout of unlearnkit's own
     checkout); elsewhere the error names the option to set.
     """
     defaults = EvalOptions()

@@ -40,8 +40,10 @@ def default_judge_dir() -> Path:
 
 
 def default_pku_path() -> Path:
-    """The PKU-SafeRLHF file of the development checkout (``../shared/data``)."""
-    return Path("..") / "shared" / "data" / "pku_saferlhf" / "pku_saferlhf_5k.json"
+    """The PKU-SafeRLHF file under ``UNLEARNKIT_DATA`` (see :mod:`unlearnkit.paths`), else ``pku_saferlhf/...`` here."""
+    from unlearnkit.paths import default_path
+
+    return Path(default_path("pku_saferlhf/pku_saferlhf_5k.json") or "pku_saferlhf/pku_saferlhf_5k.json")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -187,7 +187,7 @@ def add_judge_commands(subparsers) -> None:
     t.add_argument("--kind", choices=["encoder", "lexical", "lora"], default="encoder", help="judge kind (default encoder)")
     t.add_argument("--source", dest="sources", action="append", type=_source, default=[], metavar="NAME=PATH",
                    help=f"encoder: a data file other than the default ({', '.join(SOURCE_NAMES)}; repeatable)")
-    t.add_argument("--data", help="lexical/lora: PKU-SafeRLHF file (default: ../shared/data/pku_saferlhf/pku_saferlhf_5k.json)")
+    t.add_argument("--data", help="lexical/lora: PKU-SafeRLHF file (default: pku_saferlhf/pku_saferlhf_5k.json under UNLEARNKIT_DATA)")
     t.add_argument("--out", help="output folder (default: the package's assets/judge, the shipped judge)")
     t.add_argument("--train-pairs", type=int, default=4000, help="lexical/lora")
     t.add_argument("--heldout-pairs", type=int, default=None, help="lexical/lora; default: every pair not trained on")

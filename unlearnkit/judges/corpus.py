@@ -1,6 +1,6 @@
 """The labelled corpus of the cross-encoder judge: prompt-disjoint train and held-out parts.
 
-Sources (file paths; defaults point at the development checkout's ``../shared/data``):
+Sources (file paths; defaults are read from the folder ``UNLEARNKIT_DATA`` names, :mod:`unlearnkit.paths`):
 
 - ``pku``: PKU-SafeRLHF pairs, split by normalised prompt as the lexical judge
   is (:func:`unlearnkit.judges.training.split_by_prompt`, 4,000 training rows);
@@ -42,13 +42,13 @@ HELDOUT_SHARE = {"everyday": 0.5, "tofu": 0.1}
 
 
 def default_sources() -> dict[str, Path]:
-    shared = default_pku_path().parents[1]
+    root = default_pku_path().parents[1]
     return {
         "pku": default_pku_path(),
-        "beavertails": shared / "judge" / "beavertails_30k_test.jsonl",
-        "gptfuzz_train": shared / "judge" / "gptfuzz_train.jsonl",
-        "gptfuzz_evaluate": shared / "judge" / "gptfuzz_evaluate.jsonl",
-        "truthfulqa": shared / "truthfulqa" / "TruthfulQA.csv",
+        "beavertails": root / "judge" / "beavertails_30k_test.jsonl",
+        "gptfuzz_train": root / "judge" / "gptfuzz_train.jsonl",
+        "gptfuzz_evaluate": root / "judge" / "gptfuzz_evaluate.jsonl",
+        "truthfulqa": root / "truthfulqa" / "TruthfulQA.csv",
         "everyday": Path(__file__).resolve().parents[1] / "assets" / "everyday_answers.jsonl",
     }
 

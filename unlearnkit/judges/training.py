@@ -414,7 +414,7 @@ def evaluate_judge(
     Every figure carries n and a 95% Wilson interval. The data file must be
     the one the judge was trained on (checked by sha256): the held-out pair
     indices only mean something for that file. ``data_path`` defaults to the
-    path recorded in ``judge.json``, else ``../shared/data/pku_saferlhf/pku_saferlhf_5k.json``.
+    path recorded in ``judge.json``, else the PKU file under ``UNLEARNKIT_DATA``.
     Returns ``{"accuracy", "accuracy_ci95", "n", "pairs", "prompts", "harmful_recall", "safe_recall",
     ... "seen_in_training"}``.
     """
