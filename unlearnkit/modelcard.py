@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from unlearnkit.evaluation.report import _with_ci, flatten_intervals, flatten_metrics, markdown_table
+from unlearnkit.evaluation.tables import _with_ci, flatten_intervals, flatten_metrics, markdown_table
 from unlearnkit.rundir import atomic_write_text
 
 CARD = "README.md"

@@ -186,7 +186,7 @@ def write_page(out: str | Path, title: str, body: str) -> Path:
 
 def eval_samples(result: dict) -> dict[str, list[dict]]:
     """The samples of an evaluation by where they come from (``harm.unseen``, ``normal``, ...)."""
-    from unlearnkit.evaluation.report import _collect_samples
+    from unlearnkit.evaluation.tables import _collect_samples
 
     out: dict[str, list[dict]] = {}
     for where, sample in _collect_samples(result.get("results") or {}):

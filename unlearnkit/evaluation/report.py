@@ -11,91 +11,24 @@ and after unlearning.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
-from typing import Any
 
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.evaluation.tables import (  # noqa: F401 (re-exported)
+    _cell,
+    _collect_samples,
+    _fmt,
+    _with_ci,
+    flatten_intervals,
+    flatten_metrics,
+    markdown_table,
+)
 from unlearnkit.rundir import atomic_write_json, atomic_write_text
 
 EVAL_JSON = "eval.json"
 EVAL_MD = "eval.md"
 # Keys that hold examples or bookkeeping, not metrics.
-_NOT_METRICS = {"samples", "generations"}
-
-
-def flatten_metrics(results: dict, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested result as ``{"a.b.c": value}`` (lists and samples skipped).
-
-    None is kept (a metric that could not be computed), booleans are not.
-    """
-    out: dict[str, float] = {}
-    for key, value in results.items():
-        if key in _NOT_METRICS:
-            continue
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(flatten_metrics(value, name))
-        elif value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-            out[name] = value
-    return out
-
-
-def flatten_intervals(results: dict, prefix: str = "") -> dict[str, list[float]]:
-    """95% intervals by the dotted name of the metric they belong to.
-
-    A result keeps an interval beside its metric, as ``X_ci95`` (a ``[lo, hi]``
-    list, or a dict of them keyed like ``X``'s dict): ``harm.unseen.harmful_rate_ci95.refusal``
-    is the interval of ``harm.unseen.harmful_rate.refusal``.
-    """
-    out: dict[str, list[float]] = {}
-    for key, value in results.items():
-        if key in _NOT_METRICS:
-            continue
-        key = str(key)
-        if key.endswith("_ci95"):
-            name = f"{prefix}.{key[:-5]}" if prefix else key[:-5]
-            if isinstance(value, list) and len(value) == 2:
-                out[name] = value
-            elif isinstance(value, dict):
-                out.update({f"{name}.{k}": v for k, v in value.items() if isinstance(v, list) and len(v) == 2})
-        elif isinstance(value, dict):
-            out.update(flatten_intervals(value, f"{prefix}.{key}" if prefix else key))
-    return out
-
-
-def _with_ci(value: Any, ci: list[float] | None) -> str:
-    text = _fmt(value)
-    if ci is None or value is None:
-        return text
-    return f"{text} [{_fmt(float(ci[0]))}, {_fmt(float(ci[1]))}]"
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
-    return str(value)
-
-
-def _cell(text: str) -> str:
-    # A pipe or a newline would break the Markdown table.
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(_fmt(v) if not isinstance(v, str) else v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def eval_markdown(result: dict) -> str:
     """The human-readable report of one evaluation: one table per suite, then samples."""
     parts = [f"# Evaluation of `{result.get('model', '?')}`\n"]
@@ -127,17 +60,6 @@ def eval_markdown(result: dict) -> str:
                 parts.append(f"{'- ' if i == 0 else '  '}*{key}*: {_cell(str(text))[:500]}  ")
             parts.append("")
     return "\n".join(parts) + "\n"
-
-
-def _collect_samples(results: dict, prefix: str = "") -> list[tuple[str, dict]]:
-    out = []
-    for key, value in results.items():
-        name = f"{prefix}.{key}" if prefix else key
-        if key == "samples" and isinstance(value, list):
-            out.extend((prefix, s) for s in value if isinstance(s, dict))
-        elif isinstance(value, dict):
-            out.extend(_collect_samples(value, name))
-    return out
 
 
 def write_report(result: dict, out_dir: str | Path) -> tuple[Path, Path]:

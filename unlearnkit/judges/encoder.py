@@ -189,7 +189,7 @@ def fit_encoder(items: Sequence[tuple[str, str, bool, float | None]], *, epochs:
     """
     from tqdm.auto import tqdm
 
-    from unlearnkit.judges.training import optimiser_step
+    from unlearnkit.judges.optim import optimiser_step
 
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if value < 1:

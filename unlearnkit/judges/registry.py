@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.judges.base import Judge, RefusalJudge
-from unlearnkit.judges import classifier as _classifier
+import unlearnkit.judges.classifier as _classifier
 from unlearnkit.judges.classifier import JUDGE_META, JUDGE_WEIGHTS, ClassifierJudge
 from unlearnkit.judges.guard import GuardJudge
 from unlearnkit.judges.harmbench import HarmBenchJudge

@@ -15,6 +15,7 @@ import torch
 from unlearnkit.console import show_progress
 from unlearnkit.errors import DataError, UnlearnkitError
 from unlearnkit.judges.base import THRESHOLD
+from unlearnkit.judges.optim import optimiser_step
 from unlearnkit.judges.classifier import (
     DEFAULT_BASE, INPUT_FORMAT, JUDGE_FORMAT, JUDGE_KINDS, JUDGE_META, JUDGE_WEIGHTS, MAX_JUDGE_BYTES, SELFCHECK_PROBES,
     SELFCHECK_TOLERANCE, ClassifierJudge, _build_net, _predict, default_pku_path, encode_pair, file_sha256,
@@ -178,21 +179,6 @@ def _fit_lexical(train_groups: list[list[tuple[str, str, bool]]], *, dim: int, n
              "l2_grid": grid, "l2": best, "val_fraction": val_fraction, "val_pairs": n_val,
              "validation_accuracy": validation, "seed": seed}
     return state, model_meta, hyper, predict
-
-
-def optimiser_step(loss: torch.Tensor, step: int, optimizer, scheduler, params) -> float:
-    """One optimiser step on ``loss`` with the gradient norm clipped at 1.0; returns the loss value.
-
-    A non-finite loss stops training with the step named.
-    """
-    if not torch.isfinite(loss):
-        raise UnlearnkitError(f"the judge's training loss became {loss.item()} at step {step}; lower lr.")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    scheduler.step()
-    return loss.item()
 
 
 def _fit_lora(train_items, *, base_model: str, epochs: int, lr: float, batch_size: int, max_length: int, lora_r: int,
