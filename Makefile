@@ -1,11 +1,12 @@
 # Two entry points: `make demo` and `make test`. Each builds .venv on first use.
+# `make integration` (long real runs) and `make html-check` also install Chromium.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test integration demo bench clean
+.PHONY: setup test integration html-check chromium demo bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +26,17 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -x --durations=15
 
-integration: $(STAMP)
+integration: $(STAMP) chromium
 	$(PY) -m pytest -q -m integration -s --durations=0
+
+# Headless Chromium opens the HTML reports and takes a screenshot (tests/test_html_report.py);
+# Debian's package, installed when missing (root, or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
+
+html-check: $(STAMP) chromium
+	$(PY) -m pytest -q tests/test_html_report.py
 
 demo: $(STAMP)
 	$(VENV)/bin/unlearnkit demo

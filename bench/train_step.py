@@ -168,25 +168,6 @@ def _frozen_copy(model):
 # --------------------------------------------------------------------------- batches
 
 
-def trainer_random_examples(questions, pool: list[str], k: int, rng: random.Random) -> list:
-    """The library's random-mismatch rows, drawn as the trainer draws them.
-
-    ``questions`` are forget Examples; each gets its own ``k`` answers from the
-    pool, never its own answer.
-    """
-    from unlearnkit.data.types import Example
-
-    rows = []
-    for q in questions:
-        for _ in range(k):
-            for _attempt in range(16):
-                answer = pool[rng.randrange(len(pool))]
-                if answer != q.response:
-                    break
-            rows.append(Example(q.prompt, answer))
-    return rows
-
-
 def shared_random_examples(questions, pool: list[str], k: int, rng: random.Random) -> list:
     """The published loop's random-mismatch rows: ``k`` answers drawn once per
     step (without replacement) and paired with EVERY forget question of the batch.
@@ -209,6 +190,7 @@ def step_examples(spec: dict, tokenizer, method_cls, method) -> list[dict]:
     """
     from unlearnkit.data.spec import DataSourceConfig, load_examples
     from unlearnkit.data.tokenize import BatchStream, tokenize_examples
+    from unlearnkit.training.batches import mismatched_examples
 
     data_dir = Path(spec["data_dir"])
     n_steps = spec["steps"] + 1
@@ -244,7 +226,8 @@ def step_examples(spec: dict, tokenizer, method_cls, method) -> list[dict]:
             items["retain"] = [retain_tok[i] for i in next(retain_stream)]
         if "random" in needs:
             questions = [forget[i] for i in idx]
-            ours = trainer_random_examples(questions, pool, method.num_random, random.Random(f"42:random:{step}:0"))
+            rng = random.Random(f"42:random:{step}:0")
+            ours = mismatched_examples(questions, pool, method.num_random, lambda j, q: rng)
             shared = shared_random_examples(questions, pool, method.num_random,
                                             random.Random(f"42:reference-random:{step}"))
             items["random_ours"] = tokenize_examples(ours, tokenizer, template, max_length)

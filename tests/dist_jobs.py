@@ -8,7 +8,9 @@ clipping-free AdamW) are written by process 0 to ``out`` (safetensors), with
 the run's summary beside it (``out + ".json"``).
 
 Importing this module also registers ``test_nan_on_rank1``: gradient ascent
-whose loss is NaN on process 1 only, from its second step on.
+whose loss is NaN on process 1 only, from its second step on; and
+``test_sequence_mean``: a mean over sequences (not tokens) of the answers'
+log-probabilities, exact only through the step-wide sequence normaliser.
 """
 
 from __future__ import annotations
@@ -50,6 +52,24 @@ if "test_nan_on_rank1" not in METHODS:
             if rank == 1 and ctx.step >= 1:
                 nll = nll * float("nan")
             return -nll, {"forget_nll": nll.item()}
+
+
+if "test_sequence_mean" not in METHODS:
+
+    @register
+    class SequenceMean(Method):
+        """Gradient ascent on the mean over SEQUENCES of each answer's log-probability (a per-sequence mean)."""
+
+        name = "test_sequence_mean"
+        Params = NaNOnRank1Params
+
+        def loss(self, ctx, batches):
+            from unlearnkit.losses import sequence_logprob
+
+            batch = batches["forget"]
+            logp = sequence_logprob(ctx.logits(batch))
+            mean_logp = logp.sum() / ctx.sequence_normaliser(batch)
+            return mean_logp, {"forget_nll": -mean_logp.item()}
 
 
 def run_job(job: dict) -> dict:

@@ -3,7 +3,7 @@
 Batch 4 / accumulation 1, batch 2 / accumulation 2, batch 1 / accumulation 4
 and two gloo processes x batch 1 x accumulation 2 give the same gradient
 (stated tolerance: 1e-5 of the largest gradient entry; only the order of float
-sums differs), for ``ga``, ``llm_unlearn`` and ``sku`` with its hinge and its
+sums differs), for ``ga``, ``llm_unlearn``, a per-sequence mean, ``npo``, ``dpo`` and ``sku`` with its hinge and its
 anchor (the clamped NLL rise of the negated copy). The answers have unequal
 lengths (1 to 12 tokens), where per-micro-batch means are wrong.
 
@@ -42,9 +42,14 @@ RETAIN = [
 METHODS = {
     "ga": ({"name": "ga"}, False),
     "llm_unlearn": ({"name": "llm_unlearn", "num_random": 2}, False),
+    # A mean over sequences of unequal lengths: exact only with the step-wide sequence count.
+    "sequence_mean": ({"name": "test_sequence_mean"}, False),
     # kl_target 0.005: the step-2 KL is 0.0037, while two of the four examples alone are at 0.0057 and 0.0067,
     # so a hinge of a part (micro-batch or process) instead of the step would drop their gradient.
     "sku_hinge": ({"name": "sku", "divergence": "hinge", "kl_target": 0.005, "num_random": 1}, False),
+    # Per-sequence means of reference log-ratios (NPO) and of preference margins (DPO, with alternative answers).
+    "npo": ({"name": "npo", "beta": 0.5}, False),
+    "dpo": ({"name": "dpo", "beta": 0.5, "retain_loss": "nll"}, False),
     "sku_anchor": ({"name": "sku", "divergence": "anchor_negated", "anchor_measure": "nll", "e2": 1.0, "e3": 3.0,
                     "negation_scale": 1.0}, True),
 }
@@ -62,12 +67,13 @@ def write_data(tmp: Path) -> tuple[Path, Path]:
 def raw_config(tmp: Path, model_dir: Path, name: str, method: str, batch: int, accum: int) -> dict:
     f, r = write_data(tmp)
     params, lora = METHODS[method]
+    alternative = {"alternative": {"spec": f"generic:{r}"}} if params["name"] == "dpo" else {}
     return {
         "name": name, "output_dir": str(tmp / "runs"), "seed": 5,
         "model": {"name": str(model_dir), "device": "cpu",
                   "lora": {"enabled": lora, "r": 4, "alpha": 8, "dropout": 0.0}},
         "data": {"template": "qa", "max_length": 64, "forget": {"spec": f"generic:{f}"},
-                 "retain": {"spec": f"generic:{r}"}},
+                 "retain": {"spec": f"generic:{r}"}, **alternative},
         "method": params,
         "train": {"max_steps": GRADS_AT, "batch_size": batch, "grad_accum": accum, "lr": 3e-2 if lora else 1e-2,
                   "max_grad_norm": None, "progress": False, "save": "none", "scheduler": "constant"},

@@ -509,7 +509,7 @@ def test_parse_spec(tmp_path):
         parse_spec("pku:x.json")
     with pytest.raises(DataError, match=r"names recipe 'text' but no path"):
         parse_spec("text:")
-    assert set(RECIPES) == {"pku_saferlhf", "truthfulqa", "truthfulqa_mc", "text", "prompts", "generic", "tofu"}
+    assert set(RECIPES) == {"pku_saferlhf", "truthfulqa", "truthfulqa_mc", "text", "prompts", "generic", "tofu", "answers"}
 
 
 def test_config_is_strict():

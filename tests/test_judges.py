@@ -73,8 +73,9 @@ def test_get_judge_errors(tmp_path):
 
 def test_default_classifier_missing_says_how_to_train(tmp_path, monkeypatch):
     import unlearnkit.evaluation.judges as judges
+    import unlearnkit.judges.classifier as classifier
 
-    monkeypatch.setattr(judges, "default_judge_dir", lambda: tmp_path / "judge")
+    monkeypatch.setattr(classifier, "default_judge_dir", lambda: tmp_path / "judge")
     with pytest.raises(UnlearnkitError, match="unlearnkit judge train"):
         get_judge("classifier")
     assert judges.default_judges() == ["refusal"]

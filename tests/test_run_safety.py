@@ -333,6 +333,7 @@ _KILL_DURING_SAVE = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     import unlearnkit.train as train
+    import unlearnkit.training.loop as loop
     from unlearnkit.config import load_config
 
     def killed_while_saving(model, tokenizer, out, merge=True):
@@ -341,7 +342,7 @@ _KILL_DURING_SAVE = textwrap.dedent(
         (tmp / "config.json").write_text("{}")
         os.kill(os.getpid(), signal.SIGKILL)
 
-    train.save_model = killed_while_saving
+    loop.save_model = killed_while_saving
     train.run_unlearning(load_config(sys.argv[1]), resume="--resume" in sys.argv)
     """
 )

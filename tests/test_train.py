@@ -200,17 +200,22 @@ def test_existing_run_is_not_overwritten(tmp_path, tiny_model_dir, data_files):
 
 def test_every_forget_example_is_seen(tmp_path, tiny_model_dir, data_files):
     cfg = make_cfg(tmp_path, tiny_model_dir, data_files, method="ga", train={"max_steps": 6, "lr": 1e-4})
+    from unlearnkit.training.batches import StepBatches
+
     trainer = Trainer(cfg)
     seen = []
-    original = trainer._step_batches
+    original = StepBatches.step
 
-    def spy(step, micro):
-        out = original(step, micro)
-        seen.extend(trainer.forget_stream._batches[trainer.forget_stream.position - 1])
+    def spy(self, step, micro):
+        out = original(self, step, micro)
+        seen.extend(self.forget_stream._batches[self.forget_stream.position - 1])
         return out
 
-    trainer._step_batches = spy
-    trainer.run()
+    StepBatches.step = spy
+    try:
+        trainer.run()
+    finally:
+        StepBatches.step = original
     # 12 examples, batch 2, 6 steps: exactly one epoch, every example once.
     assert sorted(seen) == list(range(12))
 

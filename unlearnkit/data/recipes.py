@@ -570,6 +570,39 @@ def load_idk_answers(path: str) -> list[str]:
     return answers
 
 
+_ANSWER_KEYS = ("answer", "response", "text")
+
+
+def answers(path: str) -> list[Example]:
+    """A file of answers, one a line (prompt ""): refusals, "I don't know" answers, a random-answer pool.
+
+    A line that is a JSON string, or a JSON object with an ``answer``,
+    ``response`` or ``text`` field, gives that text; any other line is the
+    answer as written (TOFU's ``idontknow.jsonl`` is plain text). Blank lines
+    are skipped. meta: ``{"row": line_index}``.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"answers: no such file: {path}.")
+    out: list[Example] = []
+    for i, line in enumerate(file.read_text(encoding="utf-8-sig").splitlines()):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        if isinstance(value, dict):
+            key = next((k for k in _ANSWER_KEYS if isinstance(value.get(k), str)), None)
+            if key is None:
+                raise DataError(f"answers: {path}, line {i + 1}: a JSON object needs one of the fields "
+                                f"{', '.join(_ANSWER_KEYS)}.")
+            value = value[key]
+        out.append(Example("", str(value).strip() if isinstance(value, str) else text, {"row": i}))
+    return out
+
+
 def idk_examples(examples: Sequence[Example], answers: Sequence[str], seed: int = 0) -> list[Example]:
     """Each example's prompt paired with a refusal drawn at random from ``answers``.
 
@@ -593,4 +626,5 @@ RECIPES: dict[str, Callable[..., list]] = {
     "prompts": prompts,
     "generic": generic,
     "tofu": tofu,
+    "answers": answers,
 }

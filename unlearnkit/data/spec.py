@@ -13,12 +13,13 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Literal, Sequence, Union
+from typing import Any, Callable, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from unlearnkit.data.recipes import (
     RECIPES,
+    answers,
     generic,
     pku_saferlhf,
     prompts,
@@ -57,6 +58,10 @@ class DataSourceConfig(BaseModel):
     tofu_field: Literal["answer", "paraphrased_answer", "paraphrased_question", "perturbed_answer"] = "answer"
     hub_config: str | None = None
     hub_split: str = "train"
+    # Further files (or hub configs of the same hub data set) read with this recipe and
+    # these options and appended to the rows before deduplication, shuffling and limit:
+    # one training set made of several published splits (TOFU's forget and retain authors).
+    also: list[str] = Field(default_factory=list)
     limit: int | None = Field(None, ge=1)  # first N after shuffling with seed (or as-is when shuffle=False)
     shuffle: bool = True
     # Drop exact duplicate responses (normalised text; prompts for prompt lists)
@@ -146,38 +151,52 @@ def detect_recipe(rows: list[dict], location: str) -> str:
     )
 
 
+# How each recipe is called with a source's options: (rows, options, tokenizer, location) -> items.
+# A new recipe is a function in recipes.py, its name in RECIPES and one line here.
+LOADERS: dict[str, Callable[[list[dict], "DataSourceConfig", Any, str], list]] = {
+    "pku_saferlhf": lambda rows, cfg, tok, loc: pku_saferlhf(rows, cfg.subset, source=loc),
+    "truthfulqa": lambda rows, cfg, tok, loc: truthfulqa(rows, cfg.answers, source=loc),
+    "truthfulqa_mc": lambda rows, cfg, tok, loc: truthfulqa_mc(rows, cfg.mc, source=loc),
+    "text": lambda rows, cfg, tok, loc: text_recipe(
+        rows, tok, mode=cfg.mode, chunk_tokens=cfg.chunk_tokens, prompt_tokens=cfg.prompt_tokens,
+        continuation_tokens=cfg.continuation_tokens, stride=cfg.stride, source=loc),
+    "prompts": lambda rows, cfg, tok, loc: prompts(rows, cfg.column, source=loc),
+    "generic": lambda rows, cfg, tok, loc: generic(rows, cfg.prompt_field, cfg.response_field, source=loc),
+    "tofu": lambda rows, cfg, tok, loc: tofu(rows, cfg.tofu_field, source=loc),
+    "answers": lambda rows, cfg, tok, loc: answers(loc),  # reads its own file: one answer a line
+}
+
+
+def _also_rows(cfg: DataSourceConfig, recipe: str, location: str) -> list[dict]:
+    """The rows of ``cfg.also``: files when the source is a local file, else hub configs of its hub data set."""
+    rows: list[dict] = []
+    local = Path(location).expanduser().is_file()
+    for entry in cfg.also:
+        other_recipe, other = parse_spec(entry)
+        if other_recipe not in (None, recipe):
+            raise DataError(f"also entry {entry!r} names recipe {other_recipe!r}, but the source {cfg.spec!r} is read "
+                            f"with {recipe!r}; every part of one source is read with the same recipe.")
+        try:
+            if local:
+                rows.extend(load_rows(other, hub_split=cfg.hub_split))
+            else:
+                rows.extend(load_rows(location, hub_config=other, hub_split=cfg.hub_split))
+        except DataError as exc:
+            raise DataError(f"also entry {entry!r} of {cfg.spec!r}: {exc}") from None
+    return rows
+
+
 def load_examples(cfg: DataSourceConfig, tokenizer=None) -> Items:
     """Examples (or MC items) of one source: recipe, then shuffle and limit (no holdout)."""
     recipe, location = parse_spec(cfg.spec)
-    rows = load_rows(location, hub_config=cfg.hub_config, hub_split=cfg.hub_split)
+    rows = [] if recipe == "answers" else load_rows(location, hub_config=cfg.hub_config, hub_split=cfg.hub_split)
     if recipe is None:
         recipe = detect_recipe(rows, location)
-    items: list
-    if recipe == "pku_saferlhf":
-        items = pku_saferlhf(rows, cfg.subset, source=location)
-    elif recipe == "truthfulqa":
-        items = truthfulqa(rows, cfg.answers, source=location)
-    elif recipe == "truthfulqa_mc":
-        items = truthfulqa_mc(rows, cfg.mc, source=location)
-    elif recipe == "text":
-        items = text_recipe(
-            rows,
-            tokenizer,
-            mode=cfg.mode,
-            chunk_tokens=cfg.chunk_tokens,
-            prompt_tokens=cfg.prompt_tokens,
-            continuation_tokens=cfg.continuation_tokens,
-            stride=cfg.stride,
-            source=location,
-        )
-    elif recipe == "prompts":
-        items = prompts(rows, cfg.column, source=location)
-    elif recipe == "generic":
-        items = generic(rows, cfg.prompt_field, cfg.response_field, source=location)
-    elif recipe == "tofu":
-        items = tofu(rows, cfg.tofu_field, source=location)
-    else:  # RECIPES and this dispatch must list the same names
+    rows = list(rows) + _also_rows(cfg, recipe, location)
+    loader = LOADERS.get(recipe)
+    if loader is None:  # RECIPES and LOADERS must list the same names
         raise DataError(f"recipe {recipe!r} is registered but has no loader; known: {', '.join(RECIPES)}.")
+    items: list = loader(rows, cfg, tokenizer, location)
     if not items:
         raise DataError(f"{location} gave no examples with recipe {recipe!r}; check the file and its options.")
     if cfg.dedupe:

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from unlearnkit.console import show_progress
 from unlearnkit.data.templates import prompt_adds_special_tokens, render_prompt
 from unlearnkit.data.tokenize import TokenizedExample, collate, pad_id_of
 from unlearnkit.errors import DataError
@@ -137,7 +138,7 @@ def generate(
         with torch.random.fork_rng(devices=rng_devices, enabled=do_sample), torch.no_grad():
             if do_sample:
                 torch.manual_seed(seed)
-            for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+            for idx in tqdm(batches, desc=desc, disable=not show_progress(progress), unit="batch"):
                 # collate pads on the left here; the tokenizer's own padding side
                 # is never touched, so no state leaks to the caller.
                 batch = collate(

@@ -30,9 +30,10 @@ CHUNK = 64
 
 def _chunks(items: Sequence, size: int, progress: bool, desc: str):
     from tqdm.auto import tqdm
+    from unlearnkit.console import show_progress
 
     starts = range(0, len(items), size)
-    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, unit="chunk"):
+    for start in tqdm(starts, desc=desc, disable=not show_progress(progress) or len(starts) < 2, unit="chunk"):
         yield items[start : start + size]
 
 # --------------------------------------------------------------------------- harm
@@ -247,6 +248,7 @@ def greedy_token_ids(
     (greedy decoding makes this the same as generating each row alone).
     """
     from tqdm.auto import tqdm
+    from unlearnkit.console import show_progress
 
     from unlearnkit.data.templates import prompt_adds_special_tokens, render_prompt
     from unlearnkit.data.tokenize import TokenizedExample, collate, pad_id_of
@@ -273,7 +275,7 @@ def greedy_token_ids(
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress(progress), unit="batch"):
             idx = [i for i in order[start : start + batch_size]]
             budget = max(max_new_tokens[i] for i in idx)
             if budget < 1:

@@ -273,8 +273,9 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, labels: 
     ``paths`` are ``eval.json`` files or run folders (see :func:`load_columns`).
     When there are two columns or more, E (%) rows compare each column's harmful
     rates with the FIRST column's, so list the original model first. With
-    ``out_dir``, writes ``compare.md``, ``compare.json`` and ``compare.png`` (a
-    bar chart of the main metrics) there.
+    ``out_dir``, writes ``compare.md``, ``compare.json``, ``compare.png`` (a
+    bar chart of the main metrics) and ``compare.html`` (all of it on one page,
+    with the models' answers to the same prompts side by side) there.
 
     Returns ``(markdown, rows)`` with ``rows`` a list of ``{"metric": name,
     LABEL: value, ...}`` dicts, one per metric, in the order of the table.
@@ -323,6 +324,9 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, labels: 
         atomic_write_text(out / "compare.md", markdown)
         atomic_write_json(out / "compare.json", {"columns": names, "sources": [str(p) for p in paths], "rows": rows})
         plot_comparison(names, table, out / "compare.png")
+        from unlearnkit.evaluation.html_reports import write_compare_html
+
+        write_compare_html(out, markdown, names, paths)
     return markdown, rows
 
 
@@ -330,6 +334,7 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, labels: 
 # perplexities (and NLLs) on a log-scale panel of their own.
 _SCORE_PATTERNS = (
     r"^harm\.[^.]+\.harmful_rate\.",
+    r"^harm\.[^.]+\.refusal_rate\.",
     r"^harm\.[^.]+\.distinct_2$",
     r"^normal\.similarity_(cosine|rouge_l)$",
     r"^overrefusal\.refusal_rate$",

@@ -467,7 +467,7 @@ def _rouge(model, tokenizer, items: Sequence[Example], template: str, max_new_to
     outputs = generate(model, tokenizer, [e.prompt for e in items], template=template, max_new_tokens=max_new_tokens,
                        batch_size=batch_size, progress=progress, desc="TOFU greedy answers")
     scores = [rouge_l_recall(o, e.meta.get("answer", e.response), stemmer) for o, e in zip(outputs, items)]
-    return float(np.mean(scores)), outputs
+    return scores, outputs
 
 
 TOFU_SETS = ("forget", "retain", "real_authors", "world_facts")
@@ -516,7 +516,8 @@ def tofu_metrics(
       ``loss``; ``privleak`` is relative to ``retain_mia_auc`` (0.5 if not given).
 
     ``per_item`` holds the per-item values a later call needs (the forget truth
-    ratios) and the greedy answers.
+    ratios), the per-item values behind each figure (raw truth ratios R, answer
+    probabilities, ROUGE recalls, membership scores) and the greedy answers.
     """
     unknown = set(sets) - set(TOFU_SETS)
     if unknown:
@@ -531,20 +532,23 @@ def tofu_metrics(
         paraphrased = name in ("forget", "retain")
         la, lpara, lpert = _set_losses(model, tokenizer, items, name, template, paraphrased, max_length, batch_size)
         out[f"{p}_Q_A_Prob"] = answer_probability(la)
+        # Per-item values of every figure, so that a report can put intervals on them.
+        per_item[f"{p}_Q_A_Prob"] = np.exp(-np.asarray(la, dtype=np.float64)).tolist()
         if paraphrased:
             out[f"{p}_Q_A_PARA_Prob"] = answer_probability(lpara)
             out[f"{p}_Q_A_PERT_Prob"] = float(np.mean([np.mean(np.exp(-np.asarray(r))) for r in lpert]))
         else:
-            out[f"{p}_Q_A_Prob_normalised"] = probability_with_options(la, lpert, eps)[0]
+            out[f"{p}_Q_A_Prob_normalised"], per_item[f"{p}_Q_A_Prob_normalised"] = probability_with_options(la, lpert, eps)
         ratios = truth_ratios(lpara if paraphrased else la, lpert, perturbed_mean, eps)
         if name == "forget":
             out["forget_truth_ratio"] = closer_to_1_better(ratios, eps)
             per_item["forget_truth_ratio"] = ratios.tolist()
         else:
             out[f"{p}_Truth_Ratio"] = true_better(ratios)
-        out[f"{p}_Q_A_ROUGE"], per_item[f"{p}_generations"] = _rouge(
-            model, tokenizer, items, template, max_new_tokens, batch_size, stemmer, progress
-        )
+            per_item[f"{p}_Truth_Ratio"] = ratios.tolist()
+        rouge, per_item[f"{p}_generations"] = _rouge(model, tokenizer, items, template, max_new_tokens, batch_size,
+                                                     stemmer, progress)
+        out[f"{p}_Q_A_ROUGE"], per_item[f"{p}_Q_A_ROUGE"] = float(np.mean(rouge)), rouge
     if all(sets.get(n) for n in ("retain", "real_authors", "world_facts")):
         out["model_utility"] = model_utility(out)
     else:
@@ -563,6 +567,7 @@ def tofu_metrics(
         fs = mia_scores(model, tokenizer, forget_items, template, mia_attack, mia_k, max_length, batch_size)
         hs = mia_scores(model, tokenizer, list(holdout), template, mia_attack, mia_k, max_length, batch_size)
         out["mia_auc"] = mia_auc(fs, hs)
+        per_item["mia_forget_scores"], per_item["mia_holdout_scores"] = fs, hs
         out["privleak"] = privleak(out["mia_auc"], 0.5 if retain_mia_auc is None else retain_mia_auc)
     out["per_item"] = per_item
     return out

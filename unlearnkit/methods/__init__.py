@@ -1,25 +1,11 @@
-"""Unlearning methods, registered by name."""
+"""Unlearning methods, registered by name (see :mod:`unlearnkit.methods.registry`)."""
 
 from __future__ import annotations
 
-from unlearnkit.errors import ConfigError
-from unlearnkit.methods.base import LossContext, Method, MethodParams
-
-METHODS: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
-    return cls
-
-
-def get_method(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}.")
-    return METHODS[name]
-
+from unlearnkit.methods.base import FinishContext, LossContext, Method, MethodParams
+from unlearnkit.methods.registry import METHODS, get_method, load_dotted, register
 
 # Importing the modules registers them.
-from unlearnkit.methods import finetune, gradient_ascent, sku  # noqa: E402,F401
+from unlearnkit.methods import dpo, finetune, gradient_ascent, npo, rmu, simnpo, sku, undial  # noqa: E402,F401
 
-__all__ = ["METHODS", "LossContext", "Method", "MethodParams", "get_method", "register"]
+__all__ = ["METHODS", "FinishContext", "LossContext", "Method", "MethodParams", "get_method", "load_dotted", "register"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from unlearnkit.losses import mean_nll
-from unlearnkit.methods import register
+from unlearnkit.methods.registry import register
 from unlearnkit.methods.base import LossContext, Method, MethodParams
 
 

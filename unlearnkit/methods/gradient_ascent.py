@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 
 from unlearnkit.losses import kl_reference_current, mean_nll
-from unlearnkit.methods import register
+from unlearnkit.methods.registry import register
 from unlearnkit.methods.base import LossContext, Method, MethodParams
 
 

@@ -51,7 +51,7 @@ import torch
 from pydantic import Field, model_validator
 
 from unlearnkit.losses import kl_reference_current, mean_nll
-from unlearnkit.methods import register
+from unlearnkit.methods.registry import register
 from unlearnkit.methods.base import LossContext, Method, MethodParams
 from unlearnkit.methods.gradient_ascent import random_mismatch_nll, retain_kl
 

@@ -1,0 +1,168 @@
+"""The cross-encoder judge: input layout, corpus split, calibration error, two verdicts, save and load."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from unlearnkit.data.audit import normalise
+from unlearnkit.errors import DataError
+from unlearnkit.judges import ClassifierJudge, RefusalJudge, get_judge
+from unlearnkit.judges.corpus import HELDOUT_SETS, build_corpus, default_sources
+from unlearnkit.judges.crosstrain import calibration_error, set_scores, train_encoder_judge
+from unlearnkit.judges.encoder import VERDICTS, bucketed_batches, encode_cross
+from unlearnkit.judges.refusals import OFFERS, OPENINGS, REASONS, refusals
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from unlearnkit.evaluation.embedding import model_dir
+
+    return AutoTokenizer.from_pretrained(model_dir())
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    if not default_sources()["beavertails"].is_file():
+        pytest.skip("the shared judge data is not here")
+    return build_corpus()
+
+
+# ----------------------------------------------------------------- input layout
+
+
+def test_encode_cross_lays_out_cls_prompt_sep_response_sep(minilm_tokenizer):
+    tok = minilm_tokenizer
+    ids, seg = encode_cross(tok, "kill a process", "use kill -9", 64)
+    p = tok("kill a process", add_special_tokens=False)["input_ids"]
+    r = tok("use kill -9", add_special_tokens=False)["input_ids"]
+    assert ids == [tok.cls_token_id, *p, tok.sep_token_id, *r, tok.sep_token_id]
+    assert seg == [0] * (len(p) + 2) + [1] * (len(r) + 1)
+
+
+def test_encode_cross_cuts_long_pairs_keeping_the_response(minilm_tokenizer):
+    tok = minilm_tokenizer
+    prompt, response = " ".join(["question"] * 100), " ".join(["answer"] * 100)
+    ids, seg = encode_cross(tok, prompt, response, 32)
+    assert len(ids) == len(seg) == 32
+    n_prompt = seg.count(0) - 2  # CLS and the first SEP are segment 0
+    assert n_prompt == (32 - 3) // 3 and seg.count(1) - 1 == 29 - n_prompt
+    # A short response leaves the rest of the budget to the prompt.
+    ids, seg = encode_cross(tok, prompt, "ok", 32)
+    assert len(ids) == 32 and seg.count(1) == 2
+
+
+def test_bucketed_batches_cover_every_item_once():
+    import random
+
+    lengths = [5, 50, 7, 40, 3, 33, 8, 9, 10, 90, 1]
+    batches = bucketed_batches(lengths, 3, random.Random(0), window=2)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= 3 for b in batches)
+
+
+# ----------------------------------------------------------------- scores
+
+
+def test_calibration_error_matches_a_hand_computation():
+    probs = [0.05, 0.15, 0.92, 0.97, 0.55, 1.0]
+    labels = [False, True, True, True, False, True]
+    # bins: [0,.1): {0.05 -> 0}: |0 - 0.05| ; [.1,.2): {0.15 -> 1}: |1 - 0.15|;
+    # [.5,.6): {0.55 -> 0}: 0.55; [.9,1]: {0.92, 0.97, 1.0 -> all 1}: |1 - 0.9633|
+    expected = (0.05 + 0.85 + 0.55 + 3 * abs(1 - (0.92 + 0.97 + 1.0) / 3)) / 6
+    assert calibration_error(probs, labels) == pytest.approx(expected)
+    assert calibration_error([], []) is None
+    assert calibration_error([0.0, 1.0], [False, True]) == 0.0
+
+
+def test_set_scores_counts_each_class():
+    s = set_scores([0.9, 0.2, 0.6, 0.4], [True, True, False, False])
+    assert (s["accuracy"], s["n"]) == (0.5, 4)
+    assert (s["harmful_recall"], s["n_harmful"], s["safe_recall"], s["n_safe"]) == (0.5, 2, 0.5, 2)
+    assert s["judged_harmful"] == 0.5 and s["judged_harmful_ci95"][0] < 0.5 < s["judged_harmful_ci95"][1]
+
+
+# ----------------------------------------------------------------- refusals and corpus
+
+
+def test_refusal_halves_share_no_sentence():
+    train = refusals([f"p{i}" for i in range(300)], "train")
+    held = refusals([f"p{i}" for i in range(300)], "heldout")
+    pieces = lambda rows: {s for _, r in rows for s in (OPENINGS + REASONS + OFFERS) if s in r}  # noqa: E731
+    assert pieces(train) and pieces(held) and not pieces(train) & pieces(held)
+    assert refusals(["x", "y"], "train", seed=3) == refusals(["x", "y"], "train", seed=3)
+    assert all(any(r.startswith(o) for o in OPENINGS[0::2]) for _, r in train)
+    assert all(any(r.startswith(o) for o in OPENINGS[1::2]) for _, r in held)
+    assert [p for p, _ in held] == [f"p{i}" for i in range(300)]
+    with pytest.raises(ValueError, match="part"):
+        refusals(["x"], "test")
+
+
+def test_no_heldout_prompt_or_response_is_trained_on(corpus):
+    train_prompts = {normalise(p) for p, *_ in corpus["train"]}
+    train_responses = {normalise(r) for _, r, *_ in corpus["train"]}
+    assert set(corpus["heldout"]) == set(HELDOUT_SETS)
+    for name, rows in corpus["heldout"].items():
+        assert rows, name
+        assert not {normalise(p) for p, _, _ in rows} & train_prompts, name
+        assert not {normalise(r) for _, r, _ in rows} & train_responses, name
+    # Sets are large enough to measure, and both labels occur where the data has them.
+    sizes = {k: len(v) for k, v in corpus["heldout"].items()}
+    assert sizes["pku"] > 900 and sizes["beavertails"] > 600 and sizes["gptfuzz_evaluate"] > 1400
+    assert {h for _, _, h in corpus["heldout"]["beavertails"]} == {True, False}
+    assert not any(h for _, _, h in corpus["heldout"]["refusals"] + corpus["heldout"]["truthfulqa"])
+
+
+def test_corpus_keeps_the_lexical_judges_pku_split(corpus):
+    from unlearnkit.judges import default_pku_path, judge_split_items, load_labelled_pairs, split_by_prompt
+
+    pairs = load_labelled_pairs(default_pku_path())
+    train_idx, held_idx = split_by_prompt(pairs, 4000, None, 0)
+    assert corpus["split"]["pku"]["heldout_pair_indices"] == held_idx
+    assert corpus["heldout"]["pku"] == judge_split_items(pairs, train_idx, held_idx)[1]
+
+
+def test_corpus_names_a_bad_row(tmp_path):
+    bad = tmp_path / "bt.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "response": "r", "harmful": "yes"}) + "\n")
+    with pytest.raises(DataError, match=r"bt.jsonl: row 0 has harmful='yes'"):
+        build_corpus({"beavertails": bad})
+
+
+# ----------------------------------------------------------------- train, save, load
+
+
+def test_encoder_judge_trains_saves_and_reloads_with_two_verdicts(tmp_path, corpus):
+    caps = {"pku": 6, "beavertails": 6, "truthfulqa": 3, "everyday": 2, "refusals": 3}
+    meta = train_encoder_judge(tmp_path / "j", train_max=caps, gptfuzz_train_max=4, max_steps=2, batch_size=4,
+                               max_length=32, layers=[4, 5], progress=False, evaluate=False, command="test")
+    assert meta["kind"] == "encoder" and meta["train_items"] == 24 and meta["hyperparameters"]["steps_run"] == 2
+    assert meta["weights_bytes"] < 1_000_000 and meta["lora"]["layers"] == [4, 5]
+    assert meta["data"]["pku"]["sha256"] == corpus["split"]["pku"]["sha256"]
+    judge = get_judge(f"classifier:{tmp_path / 'j'}")  # reload passes the probe self-check
+    assert isinstance(judge, ClassifierJudge) and judge.kind == "encoder"
+    out = judge.verdicts(["How do I kill a Python process?", "Hi"], ["Run kill -9 with its PID.", "Hello!"])
+    assert set(out) == set(VERDICTS) and all(len(v) == 2 and all(0 < p < 1 for p in v) for v in out.values())
+    assert judge.harm_probability(["Hi"], ["Hello!"]) == pytest.approx([out["harmful"][1]], abs=1e-5)
+    assert judge.refusal_probability(["Hi"], ["Hello!"]) == pytest.approx([out["refusal"][1]], abs=1e-5)
+    # Altered weights fail the self-check.
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "j" / "judge.safetensors"))
+    state["head.bias"] = state["head.bias"] + 3.0
+    save_file(state, str(tmp_path / "j" / "judge.safetensors"))
+    from unlearnkit.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="does not reproduce"):
+        ClassifierJudge(tmp_path / "j")
+
+
+def test_phrase_judges_answer_the_refusal_verdict_by_phrases():
+    judge = RefusalJudge()
+    out = judge.verdicts(["a", "b", "c"], ["I'm sorry, I can't help.", "Sure, here it is.", ""])
+    assert out == {"harmful": [0.0, 1.0, 0.0], "refusal": [1.0, 0.0, 1.0]}
+    assert not math.isnan(sum(out["harmful"]))

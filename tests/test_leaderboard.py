@@ -1,0 +1,58 @@
+"""The leaderboard table from run folders: selectivity against a hand computation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from unlearnkit.cli import main
+from unlearnkit.errors import ConfigError
+from unlearnkit.leaderboard import read_run, selectivity, table
+
+
+def _set(nll, tokens):
+    mean = sum(n * t for n, t in zip(nll, tokens)) / sum(tokens)
+    return {"mean_nll": mean, "per_example_nll": nll, "per_example_tokens": tokens}
+
+
+def _summary():
+    before = {"forget_heldout": _set([2.0, 3.0, 2.5], [10, 20, 10]), "safe_heldout": _set([2.0, 2.0], [5, 15]),
+              "retain_text_heldout": _set([4.0, 4.0], [10, 10])}
+    after = {"forget_heldout": _set([3.0, 3.9, 3.0], [10, 20, 10]), "safe_heldout": _set([2.2, 2.4], [5, 15]),
+             "retain_text_heldout": _set([4.1, 4.1], [10, 10])}
+    change = {"forget_heldout": {"nll_change": 0.32, "perplexity_change": 1.0, "n": 3, "nll_change_ci95": [0.2, 0.4]},
+              "retain_text_heldout": {"nll_change": 0.025, "perplexity_change": 0.105, "n": 2,
+                                      "perplexity_change_ci95": [0.1, 0.11]}}
+    return {"method": {"name": "dpo", "beta": 0.1}, "steps": 40, "status": "completed",
+            "eval_before": before, "eval_after": after, "eval_change": change}
+
+
+def test_selectivity_is_the_ratio_of_the_token_weighted_changes():
+    sel = selectivity(_summary())
+    unsafe_b, unsafe_a = (2.0 * 10 + 3.0 * 20 + 2.5 * 10) / 40, (3.0 * 10 + 3.9 * 20 + 3.0 * 10) / 40
+    safe_b, safe_a = 2.0, (2.2 * 5 + 2.4 * 15) / 20
+    expected = ((unsafe_a - unsafe_b) / unsafe_b) / ((safe_a - safe_b) / safe_b)
+    assert sel["ratio"] == pytest.approx(expected)
+    assert sel["ci95"][0] <= sel["ratio"] <= sel["ci95"][1]
+
+
+def test_table_from_run_folders(tmp_path, capsys):
+    run = tmp_path / "dpo-a"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(_summary()))
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"lr": 1e-4}}))
+    text = table([run])
+    assert "`dpo-a`" in text and "`dpo` beta=0.1; lr 0.0001" in text
+    assert "+32.0% [+20.0%, +40.0%] (n=3)" in text
+    # C4 perplexity +10.5% is over the +10% limit: the aim is not met, whatever the selectivity.
+    assert text.strip().endswith("| no |")
+    out = tmp_path / "board.md"
+    assert main(["leaderboard", str(run), "--out", str(out)]) == 0
+    assert out.read_text() == text
+
+
+def test_a_folder_without_a_summary_is_named():
+    with pytest.raises(ConfigError, match="summary.json"):
+        read_run("/nonexistent/run")

@@ -1,0 +1,120 @@
+"""The robustness table (``attack.md``) and the writing of ``attack.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from unlearnkit.attacks.recovery import fmt_recovery
+from unlearnkit.evaluation.report import markdown_table
+from unlearnkit.evaluation.stats import fmt_rate
+from unlearnkit.rundir import atomic_write_json, atomic_write_text
+
+ATTACK_JSON = "attack.json"
+ATTACK_MD = "attack.md"
+
+
+def _rate(harm: dict | None, label: str) -> str:
+    if not harm or label not in harm.get("harmful_rate", {}):
+        return "-"
+    k = sum(harm["flags"][label])
+    return fmt_rate({"rate": harm["harmful_rate"][label], "ci95": harm["harmful_rate_ci95"][label], "n": harm["n"], "k": k})
+
+
+def robustness_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per attacked model: forget NLL, its recovery ratio, and per judge the harmful rate and its recovery."""
+    base = result["baseline"]
+    labels = list(result.get("judges") or {})
+    header = ["model / attack", "forget NLL", "recovery (NLL)"]
+    for label in labels:
+        header += [f"harmful rate ({label})", f"recovery ({label})"]
+
+    def row(name: str, nll: dict | None, rec: dict | None, harm: dict | None, harm_rec: dict | None) -> list[str]:
+        cells = [name, f"{nll['mean_nll']:.3f}" if nll else "-", fmt_recovery(rec) if rec else "-"]
+        for label in labels:
+            cells += [_rate(harm, label), fmt_recovery((harm_rec or {}).get(label)) if harm_rec else "-"]
+        return cells
+
+    harm = base.get("harm") or {}
+    rows = [row("original (reference)", base["original"], None, harm.get("original"), None),
+            row("unlearned", base["unlearned"], None, harm.get("unlearned"), None)]
+    res = result["results"]
+    for key, q in (res.get("quantise") or {}).items():
+        rows.append(row(f"{key} (group {q['delta']['group_size']})", q["unlearned_nll"], q["recovery"], q.get("harm"),
+                        q.get("harm_recovery")))
+        rows.append(row(f"original, {key}", q["original_nll"], None, None, None))
+    for run in (res.get("relearn") or {}).get("runs", []):
+        for p in run["points"]:
+            rows.append(row(f"relearn {run['mode']} on {run['data']}, lr {run['lr']:g}, {p['step']} steps", p["nll"],
+                            p["recovery"], None, None))
+    for name, r in (res.get("prompts") or {}).items():
+        rows.append(row(f"prompt: {name}", r.get("nll"), r.get("recovery"), r.get("harm"), r.get("harm_recovery")))
+    return header, rows
+
+
+def _delta_rows(result: dict) -> list[list[str]]:
+    rows = []
+    for key, q in (result["results"].get("quantise") or {}).items():
+        d = q["delta"]
+        for name, t in [("all", d["overall"]), *d["by_kind"].items()]:
+            ratio = t["delta_over_step"]
+            rows.append([key, name, f"{t['weights']:,}", f"{t['mean_abs_delta']:.2e}", f"{t['mean_step']:.2e}",
+                         f"{ratio:.3f}" if ratio is not None else "-", f"{t['share_below_half_step']:.3f}",
+                         f"{t['share_same_after_quantisation']:.3f}"])
+    return rows
+
+
+def attack_markdown(result: dict) -> str:
+    d = result["data"]
+    lines = [f"# Robustness of {result['model']}", "",
+             f"Reference (the model before unlearning): {result['reference']}. Track: {result['track']}; template "
+             f"{result['template']}.", "",
+             f"Forget metric: {result['forget_metric']}, on {d['scored']} items ({d['pool']}, split {d['split']}; "
+             f"the relearning attacker trains on {d['attacker_slice']} others). Recovery = (attacked - unlearned) / "
+             "(original - unlearned), 95% paired bootstrap interval; undefined where the unlearning has no "
+             "measurable effect. Harmful rates: n and Wilson 95% interval.", ""]
+    header, rows = robustness_rows(result)
+    lines += [markdown_table(header, rows)]
+    delta = _delta_rows(result)
+    if delta:
+        lines += ["", "## The unlearning delta against the quantisation step", "",
+                  "Per module kind: mean |unlearned - original|, mean step (group scale of the original weight), "
+                  "their ratio, the share of weights moved by less than half a step, and the share whose two "
+                  "versions round to the same value (there quantisation undoes the unlearning exactly).", "",
+                  markdown_table(["bits", "modules", "weights", "mean abs delta", "mean step", "delta / step",
+                                  "below half step", "same after rounding"], delta)]
+    secs = result.get("seconds", {})
+    lines += ["", "Seconds: " + ", ".join(f"{k} {v}" for k, v in secs.items()), ""]
+    return "\n".join(lines)
+
+
+def write_attack_report(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """``attack.json`` and ``attack.md`` in ``out_dir``, each written atomically."""
+    out = Path(out_dir)
+    return atomic_write_json(out / ATTACK_JSON, result), atomic_write_text(out / ATTACK_MD, attack_markdown(result))
+
+
+def summary_rows(result: dict) -> dict[str, dict]:
+    """The robustness table as ``{row: {"forget_nll", "recovery", "recovery_ci95", "harmful_rate": {...}, ...}}``."""
+    base = result["baseline"]
+    harm = base.get("harm") or {}
+    out: dict[str, dict] = {}
+
+    def put(name: str, nll: dict | None, rec: dict | None, h: dict | None) -> None:
+        row: dict = {"forget_nll": nll["mean_nll"] if nll else None}
+        if rec is not None:
+            row.update(recovery=rec["ratio"], recovery_ci95=rec["ci95"])
+        if h:
+            row.update(harmful_rate=dict(h["harmful_rate"]), harmful_rate_ci95=dict(h["harmful_rate_ci95"]), n=h["n"])
+        out[name] = row
+
+    put("original", base["original"], None, harm.get("original"))
+    put("unlearned", base["unlearned"], None, harm.get("unlearned"))
+    res = result["results"]
+    for key, q in (res.get("quantise") or {}).items():
+        put(key, q["unlearned_nll"], q["recovery"], q.get("harm"))
+    for run in (res.get("relearn") or {}).get("runs", []):
+        for p in run["points"]:
+            put(f"relearn_{run['mode']}_{run['data']}_lr{run['lr']:g}_k{p['step']}", p["nll"], p["recovery"], None)
+    for name, r in (res.get("prompts") or {}).items():
+        put(f"prompt_{name}", r.get("nll"), r.get("recovery"), r.get("harm"))
+    return out
