@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
+# The default data sets of the library (unlearnkit.paths): the offline copies beside the project.
+export UNLEARNKIT_DATA ?= ../shared/data
+
 .PHONY: setup test integration html-check chromium demo bench clean
 
 $(STAMP): pyproject.toml Makefile

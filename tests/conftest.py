@@ -11,6 +11,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# The library's default data sets, from the offline copies beside the project (relative to the
+# project root, where the tests run): see unlearnkit.paths.
+os.environ.setdefault("UNLEARNKIT_DATA", "../shared/data")
 # Tests never reach a hub: fail fast instead of retrying the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

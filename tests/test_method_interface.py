@@ -365,3 +365,23 @@ def test_a_method_outside_the_package_runs_through_the_cli(tmp_path, tiny_model_
     summary = json.loads((tmp_path / "runs" / "t" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["method"]["name"] == "my_npo:MyNPO"
     assert "npo" in summary["final_terms"]
+
+
+def test_a_suite_outside_the_package_runs_by_dotted_path(tmp_path, tiny_model_dir):
+    from unlearnkit.evaluation.suite import run_eval
+
+    prompts = tmp_path / "q.jsonl"
+    write_jsonl(prompts, [{"prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(3)])
+    options = {"normal_prompts": {"spec": f"generic:{prompts}", "shuffle": False}, "max_new_tokens": 4,
+               "progress": False}
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        result = run_eval(str(tiny_model_dir), suites=["my_suite:EMPTY"], options=options)
+    finally:
+        sys.path.remove(str(FIXTURES))
+    got = result["results"]["my_suite:EMPTY"]
+    assert got["n"] == 3 and 0.0 <= got["empty_rate"] <= 1.0
+    lo, hi = got["empty_rate_ci95"]
+    assert lo <= got["empty_rate"] <= hi
+    with pytest.raises(ConfigError, match="unknown suite 'nosuch'"):
+        run_eval(str(tiny_model_dir), suites=["nosuch"], options=options)

@@ -6,14 +6,8 @@ import argparse
 import sys
 
 from unlearnkit import __version__
+from unlearnkit.cliargs import add_run_flags, add_set
 from unlearnkit.errors import UnlearnkitError
-
-
-def _add_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.lr=1e-4 (repeatable; the value is read as YAML)",
-    )
 
 
 def cmd_models(args) -> int:
@@ -153,8 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--truncation", default="answer_first", choices=["answer_first", "drop", "error"],
                     help="what a run does with an example longer than --max-length (data.truncation; default "
                     "answer_first: cut the answer's end, drop an example whose prompt does not fit)")
-    pv.add_argument("--set", dest="overrides", action="append", default=[], metavar="OPTION=VALUE",
-                    help="a data option, e.g. --set subset=safe, --set mode=pairs")
+    add_set(pv, "a data option, e.g. --set subset=safe, --set mode=pairs", metavar="OPTION=VALUE")
     pv.set_defaults(func=cmd_data_preview)
     from unlearnkit.data.commands import add_overlap_command
 
@@ -165,16 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     ck = csub.add_parser("check", help="validate a config as `unlearn` would and summarise what the run does")
     ck.add_argument("file")
     ck.add_argument("--full", action="store_true", help="print the whole resolved config (every default)")
-    _add_set(ck)
+    add_set(ck)
     ck.set_defaults(func=cmd_config_check)
 
     p = sub.add_parser("unlearn", help="run an unlearning method from a config")
     p.add_argument("config")
-    _add_set(p)
-    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
-                   help="pause after STEP steps with a checkpoint (the schedule still targets max_steps)")
+    add_set(p)
+    add_run_flags(p)
     from unlearnkit.training.commands import cmd_unlearn
 
     p.set_defaults(func=cmd_unlearn)

@@ -333,7 +333,9 @@ def summarise_config(cfg: RunConfig) -> list[str]:
     if cfg.data.random is not None:
         lines.append(f"  random: {source(cfg.data.random)}")
     lines.append(f"train: {steps}, batch_size={t.batch_size}, grad_accum={t.grad_accum}, lr={t.lr:g} ({t.scheduler}), "
-                 f"save={t.save}" + (f", save_every={t.save_every}" if t.save_every else ""))
+                 f"save={t.save}" + (f", save_every={t.save_every}" if t.save_every else "")
+                 + (f", report_to={','.join(t.report_to)}" if t.report_to else "")
+                 + (f", push_to_hub={t.hub_repo_id}" if t.push_to_hub else ""))
     ev = cfg.eval
     lines.append(f"eval: {'before and after the run' if ev.enabled else 'off'}"
                  + (f", nll sets: {', '.join(ev.nll)}" if ev.nll else ""))

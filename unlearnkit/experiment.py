@@ -36,8 +36,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from unlearnkit.cliargs import add_run_flags, add_set
 from unlearnkit.errors import ConfigError, UnlearnkitError
-from unlearnkit.evaluation.suite import EvalOptions
+from unlearnkit.evaluation.options import EvalOptions
 
 REPORT_FORMAT = "unlearnkit-experiment-report/1"
 STAGE_RECORD = "stage.json"
@@ -704,12 +705,8 @@ def add_commands(subparsers) -> None:
         "config names no method): minimise the NLL of data.forget, the text to learn.",
     )
     p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.lr=1e-4 (repeatable; the value is read as YAML)")
-    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
-                   help="pause after STEP steps with a checkpoint (the schedule still targets max_steps)")
+    add_set(p)
+    add_run_flags(p)
     p.set_defaults(func=cmd_finetune)
 
     p = subparsers.add_parser(
@@ -719,8 +716,7 @@ def add_commands(subparsers) -> None:
         "Original / Finetuned / Unlearned. See docs/copyright.md.",
     )
     p.add_argument("experiment")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an experiment key, e.g. --set vars.book=my_book.txt, --set output_dir=/tmp/x "
+    add_set(p, "override an experiment key, e.g. --set vars.book=my_book.txt, --set output_dir=/tmp/x "
                    "(repeatable; the value is read as YAML)")
     p.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun STAGE and every stage after it")
     p.add_argument("--plan", action="store_true", help="list the stages and their state, run nothing")

@@ -22,11 +22,7 @@ bf16/fp16 checkpoints do not lose precision in the intermediate difference.
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
-import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -36,7 +32,21 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from unlearnkit.console import show_progress
-from unlearnkit.errors import UnlearnkitError
+from unlearnkit.negation_base import (  # noqa: F401 (the public names of negation, re-exported)
+    INDEX_FILE,
+    REPORT_FILE,
+    SINGLE_FILE,
+    _WEIGHT_SUFFIXES,
+    NegationError,
+    _check_same_names,
+    _check_scale,
+    _Checkpoint,
+    _open_checkpoint,
+    _negate_tensor,
+    _shape_message,
+    _TensorInfo,
+)
+from unlearnkit.negation_lora import negate_lora_, negate_module_  # noqa: F401
 
 __all__ = [
     "NegationError",
@@ -46,61 +56,14 @@ __all__ = [
     "negate_state_dict",
 ]
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-REPORT_FILE = "negation.json"
-
-# Files with these suffixes hold weights; they are never copied into the output
-# folder (the output gets freshly computed safetensors instead, and stale
-# pickle/gguf weights next to it would silently shadow or contradict them).
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
-
-# Bytes read through one memory-mapped input file before it is closed and
-# reopened, which bounds the mapped (resident) part of an input checkpoint.
-_REMAP_BYTES = 256 * 1024 * 1024
-
-# A safetensors header is a few KB to a few MB; anything bigger means the file is
-# not a safetensors file (or is corrupt), and reading it would waste memory.
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-
-class NegationError(UnlearnkitError):
-    """Knowledge negation cannot proceed; the message says why in one sentence."""
-
-
 # ---------------------------------------------------------------------------
 # The formula
 # ---------------------------------------------------------------------------
 
 
-def _check_scale(scale: float) -> float:
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise NegationError(f"Negation scale must be a number, got {scale!r}.") from None
-    if not math.isfinite(value):
-        raise NegationError(f"Negation scale must be finite, got {scale!r}.")
-    return value
-
-
-def _negate_tensor(base: torch.Tensor, tuned: torch.Tensor, scale: float,
-                   out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Return ``base - scale * (tuned - base)`` in ``out_dtype`` (the base dtype when not given).
-
-    Non-float tensors (integer buffers such as position ids, bool masks) are not
-    weights that a task vector makes sense for; they are returned from base as is.
-    """
-    if not base.is_floating_point():
-        return base
-    # At least float32, and at least the precision of either input, so that
-    # bf16/fp16 differences are not rounded twice; a float64 checkpoint keeps float64.
-    compute = torch.promote_types(torch.promote_types(base.dtype, tuned.dtype), torch.float32)
-    b = base.to(compute)
-    # In-place on one fresh buffer: ((t - b) * -scale) + b is bit-identical to
-    # b - scale * (t - b) but needs one temporary instead of three.
-    out = tuned.to(compute, copy=True)
-    out.sub_(b).mul_(-scale).add_(b)
-    return out.to(base.dtype if out_dtype is None else out_dtype).contiguous()
+# Bytes read through one memory-mapped input file before it is closed and
+# reopened, which bounds the mapped (resident) part of an input checkpoint.
+_REMAP_BYTES = 256 * 1024 * 1024
 
 
 def negate_state_dict(
@@ -127,140 +90,8 @@ def negate_state_dict(
     return out
 
 
-def _check_same_names(base_names: set[str], tuned_names: set[str], base_label: str, tuned_label: str) -> None:
-    for missing, have, lack in (
-        (sorted(base_names - tuned_names), base_label, tuned_label),
-        (sorted(tuned_names - base_names), tuned_label, base_label),
-    ):
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise NegationError(f"Tensor {missing[0]!r} is in the {have} but not in the {lack}{more}.")
-
-
-def _shape_message(name: str, base_shape: tuple, tuned_shape: tuple) -> str:
-    return (
-        f"Tensor {name!r} has shape {list(base_shape)} in the base checkpoint "
-        f"but {list(tuned_shape)} in the tuned checkpoint."
-    )
-
-
 # ---------------------------------------------------------------------------
 # Reading checkpoint layouts without loading weights
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class _TensorInfo:
-    file: str  # shard file name, relative to the checkpoint folder
-    shape: tuple[int, ...]
-    dtype: str  # safetensors dtype tag, e.g. "F32"
-    nbytes: int
-
-
-@dataclass
-class _Checkpoint:
-    folder: Path
-    sharded: bool
-    files: list[str]  # shard file names in index order
-    tensors: dict[str, _TensorInfo]  # in file order, then header order
-    index_metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def _read_header(path: Path) -> dict[str, Any]:
-    """Parse a safetensors header (8-byte little-endian length + JSON).
-
-    Only the header is read, so validating and planning a 100 GB checkpoint costs
-    a few KB of I/O and memory.
-    """
-    try:
-        with open(path, "rb") as fh:
-            raw_len = fh.read(8)
-            if len(raw_len) != 8:
-                raise NegationError(f"{path} is too short to be a safetensors file.")
-            (length,) = struct.unpack("<Q", raw_len)
-            if length > _MAX_HEADER_BYTES:
-                raise NegationError(f"{path} does not look like a safetensors file (header length {length}).")
-            header = json.loads(fh.read(length))
-    except NegationError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise NegationError(f"Cannot read safetensors header of {path}: {exc}.") from exc
-    if not isinstance(header, dict):
-        raise NegationError(f"{path} has a malformed safetensors header.")
-    return header
-
-
-def _open_checkpoint(folder: Path, role: str) -> _Checkpoint:
-    if not folder.exists():
-        raise NegationError(f"The {role} checkpoint folder {folder} does not exist.")
-    if not folder.is_dir():
-        raise NegationError(f"The {role} checkpoint {folder} is not a folder.")
-
-    index_path = folder / INDEX_FILE
-    single_path = folder / SINGLE_FILE
-    index_metadata: dict[str, Any] = {}
-    if index_path.is_file():
-        try:
-            index = json.loads(index_path.read_text())
-            weight_map: dict[str, str] = index["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise NegationError(f"{index_path} is not a valid safetensors index (needs a 'weight_map'): {exc}.") from exc
-        index_metadata = dict(index.get("metadata") or {})
-        # Keep index order but drop duplicates: the map lists one file per tensor.
-        files = list(dict.fromkeys(weight_map.values()))
-        sharded = True
-    elif single_path.is_file():
-        weight_map = {}
-        files = [SINGLE_FILE]
-        sharded = False
-    else:
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-        found = f" (found {', '.join(pickles[:3])})" if pickles else ""
-        raise NegationError(
-            f"The {role} checkpoint {folder} has no safetensors weights ({SINGLE_FILE} or {INDEX_FILE}){found}; "
-            "pickle .bin checkpoints are not read, convert them by loading the model and re-saving it with "
-            "model.save_pretrained(path, safe_serialization=True) (transformers 5 always writes safetensors)."
-        )
-
-    tensors: dict[str, _TensorInfo] = {}
-    for fname in files:
-        path = folder / fname
-        if not path.is_file():
-            raise NegationError(f"{index_path} lists shard {fname} but {path} does not exist.")
-        header = _read_header(path)
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            if name in tensors:
-                raise NegationError(
-                    f"Tensor {name!r} is stored twice in the {role} checkpoint ({tensors[name].file} and {fname})."
-                )
-            try:
-                start, end = meta["data_offsets"]
-                info = _TensorInfo(fname, tuple(meta["shape"]), str(meta["dtype"]), int(end) - int(start))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise NegationError(f"{path} has a malformed entry for tensor {name!r}.") from exc
-            tensors[name] = info
-
-    if sharded:
-        # The index is what loaders trust; it must agree with the shard headers,
-        # otherwise a loader would read a different model than the one we negate.
-        for name, fname in weight_map.items():
-            info = tensors.get(name)
-            if info is None or info.file != fname:
-                raise NegationError(
-                    f"{index_path} says tensor {name!r} is in {fname}, but that shard does not contain it."
-                )
-        extra = sorted(set(tensors) - set(weight_map))
-        if extra:
-            raise NegationError(f"Tensor {extra[0]!r} is in {tensors[extra[0]].file} but not listed in {index_path}.")
-    if not tensors:
-        raise NegationError(f"The {role} checkpoint {folder} contains no tensors.")
-    return _Checkpoint(folder, sharded, files, tensors, index_metadata)
-
-
-# ---------------------------------------------------------------------------
-# Output planning and file handling
 # ---------------------------------------------------------------------------
 
 
@@ -583,159 +414,3 @@ def negate_adapter(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return out_dir
-
-
-
-def negate_lora_(model: Any, scale: float = 1.0) -> Any:
-    """Negate a LoRA adapter into its base weights in place and drop the adapter.
-
-    For a PEFT ``PeftModel`` whose LoRA adapter was trained on top of the
-    original weights, the task vector is exactly what merging would add to each
-    wrapped layer, ``delta = B @ A * scaling`` (transposed for ``fan_in_fan_out``
-    layers such as GPT-2's Conv1D), as computed by the layer's own
-    ``get_delta_weight``. This subtracts ``scale * delta`` from each base layer
-    weight in place, one layer at a time, so no second full model is built; then
-    it returns the plain base model with all LoRA modules removed via
-    ``unload()`` (not merged: merging would add the adapter back).
-
-    All active adapters are negated, matching what ``merge_and_unload`` would
-    merge. As with merging, a LoRA on a weight tied to another module (lm_head
-    tied to the input embeddings) changes both, since they share one tensor. LoRA dropout only acts on activations during training and has no
-    effect on the delta. ``modules_to_save`` copies are negated as full task
-    vectors (``orig - scale * (copy - orig)``). Other PEFT types and LoRA
-    variants whose delta is not ``B @ A`` (DoRA etc.) are refused.
-    """
-    scale = _check_scale(scale)
-    try:
-        from peft import PeftModel
-        from peft.tuners.lora import LoraLayer
-        from peft.tuners.lora.layer import Embedding as LoraEmbedding
-        from peft.tuners.lora.layer import Linear as LoraLinear
-        from peft.tuners.lora.layer import _ConvNd as LoraConv
-        from peft.utils import ModulesToSaveWrapper, PeftType
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError as exc:  # pragma: no cover - peft is a dependency
-        raise NegationError(f"LoRA negation needs the peft package: {exc}.") from exc
-
-    if not isinstance(model, PeftModel):
-        raise NegationError(
-            f"negate_lora_ expects a peft PeftModel with a LoRA adapter, got {type(model).__name__}."
-        )
-    adapters = list(model.active_adapters)
-    for adapter in adapters:
-        peft_type = model.peft_config[adapter].peft_type
-        if peft_type != PeftType.LORA:
-            raise NegationError(
-                f"Adapter {adapter!r} is a {getattr(peft_type, 'value', peft_type)} adapter; "
-                "only LoRA adapters can be negated in place."
-            )
-
-    # The supported layers' delta is B @ A * scaling on a plain weight tensor.
-    supported = (LoraLinear, LoraEmbedding, LoraConv)
-    lora_layers = []
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer):
-            if not isinstance(module, supported):
-                raise NegationError(
-                    f"LoRA layer {name} ({type(module).__name__}) is not supported for negation; "
-                    "only Linear, Conv1D, Conv and Embedding LoRA layers on unquantised weights are."
-                )
-            if module.merged:
-                # Its base weight already contains the delta, so it is not theta_o.
-                raise NegationError(f"LoRA layer {name} is merged; unmerge it before negating.")
-            for adapter in adapters:
-                if adapter in getattr(module, "lora_variant", {}):
-                    raise NegationError(
-                        f"LoRA layer {name} uses a LoRA variant (e.g. DoRA) for adapter {adapter!r}, "
-                        "whose update is not B @ A; negating it in place is not supported."
-                    )
-            lora_layers.append((name, module))
-        elif isinstance(module, BaseTunerLayer) and not isinstance(module, ModulesToSaveWrapper):
-            raise NegationError(
-                f"Module {name} ({type(module).__name__}) is not a LoRA layer; only LoRA adapters can be negated."
-            )
-
-    with torch.no_grad():
-        for name, module in lora_layers:
-            base_layer = module.get_base_layer()
-            for adapter in adapters:
-                has_adapter = adapter in module.lora_A or adapter in module.lora_embedding_A
-                if not has_adapter:
-                    continue
-                delta = module.get_delta_weight(adapter)
-                _subtract_(base_layer.weight, delta, scale)
-                if getattr(module, "lora_bias", {}).get(adapter, False):
-                    # lora_bias trains a bias on B; merging adds it to the base bias.
-                    if getattr(base_layer, "bias", None) is None:
-                        raise NegationError(f"LoRA layer {name} trains a bias but its base layer has none.")
-                    bias_delta = module.lora_B[adapter].bias * module.scaling[adapter]
-                    _subtract_(base_layer.bias, bias_delta, scale)
-
-        for name, module in model.named_modules():
-            if isinstance(module, ModulesToSaveWrapper):
-                _negate_modules_to_save_(module, adapters, scale)
-
-    # unload() swaps every LoRA wrapper for its (now negated) base layer without
-    # merging; it returns the underlying transformers model.
-    return model.unload()
-
-
-def _subtract_(param: torch.Tensor, delta: torch.Tensor, scale: float) -> None:
-    """param <- param - scale * delta, computed in >= float32, written in place."""
-    compute = torch.promote_types(param.dtype, torch.float32)
-    new = param.data.to(compute) - scale * delta.to(device=param.device, dtype=compute)
-    param.data.copy_(new.to(param.dtype))
-
-
-def _negate_modules_to_save_(wrapper: Any, adapters: list[str], scale: float) -> None:
-    """Negate a fully trained module copy (``modules_to_save``) against its original.
-
-    ``unload()`` puts the active adapter's copy back into the model, so the
-    result is written into the copy. The original is left alone: it may be tied
-    to another module (e.g. lm_head to the input embeddings), which must not
-    change.
-    """
-    active = [a for a in adapters if a in wrapper.modules_to_save]
-    if not active:
-        return
-    if len(active) > 1:
-        raise NegationError("Several active adapters train the same modules_to_save module; negate them one at a time.")
-    original = dict(wrapper.original_module.named_parameters())
-    trained = dict(wrapper.modules_to_save[active[0]].named_parameters())
-    for pname, orig in original.items():
-        if pname not in trained:
-            continue
-        copy = trained[pname]
-        copy.data.copy_(_negate_tensor(orig.data, copy.data, scale))
-
-
-def negate_module_(tuned: torch.nn.Module, original: torch.nn.Module | Mapping[str, torch.Tensor],
-                   scale: float = 1.0) -> torch.nn.Module:
-    """In place on ``tuned``: every float tensor becomes ``original - scale * (tuned - original)``.
-
-    For the full-parameter path of a training run, where the original is the
-    frozen reference already in memory (or, when that reference is kept in a
-    lower precision than the trained weights, the state dict of the original
-    weights in their own dtype): one tensor at a time, no third copy. The
-    arithmetic runs in at least float32 and the result keeps the TRAINED tensor's
-    dtype: with float32 sources, scale 0 gives the original bit for bit, and a
-    small task vector (norm weights) is not lost to bf16 rounding.
-    """
-    scale = _check_scale(scale)
-    orig = dict(original) if isinstance(original, Mapping) else dict(original.state_dict())
-    live = tuned.state_dict()
-    if set(orig) != set(live):
-        _check_same_names(set(orig), set(live), "original model", "tuned model")
-    done: set[int] = set()
-    with torch.no_grad():
-        for name, t in live.items():
-            # Tied weights (embeddings and LM head) share one storage: negate it once.
-            if t.data_ptr() in done:
-                continue
-            done.add(t.data_ptr())
-            b = orig[name].to(t.device)
-            if tuple(b.shape) != tuple(t.shape):
-                raise NegationError(_shape_message(name, tuple(b.shape), tuple(t.shape)))
-            if t.is_floating_point():
-                t.copy_(_negate_tensor(b, t, scale, out_dtype=t.dtype))
-    return tuned

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from unlearnkit.cliargs import add_set
 from unlearnkit.errors import ConfigError
 
 
@@ -70,6 +71,5 @@ def add_attack_command(sub) -> None:
     p.add_argument("--attacks", help="comma-separated from quantise,relearn,prompts (default: all three)")
     p.add_argument("--out", help="output folder (default attack/NAME, NAME the model folder's name)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier attack output in --out")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="an attack option (repeatable; the value is read as YAML)")
+    add_set(p, "an attack option (repeatable; the value is read as YAML)")
     p.set_defaults(func=cmd_attack)

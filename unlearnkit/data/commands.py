@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from unlearnkit.cliargs import add_set
 from unlearnkit.errors import UnlearnkitError
 
 
@@ -71,8 +72,7 @@ def add_overlap_command(dsub) -> None:
     )
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.add_argument("--model", default="smollm2-135m-instruct", help="whose tokenizer cuts text into chunks")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="OPTION=VALUE",
-                   help="a data option for every spec, e.g. --set subset=both")
+    add_set(p, "a data option for every spec, e.g. --set subset=both", metavar="OPTION=VALUE")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--fail-on-overlap", action="store_true", help="exit 1 when any pair shares a prompt or response")
     p.set_defaults(func=cmd_data_overlap)

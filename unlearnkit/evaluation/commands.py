@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from unlearnkit.cliargs import add_set
 from unlearnkit.errors import ConfigError, UnlearnkitError
 
 
@@ -192,11 +193,8 @@ def add_commands(subparsers) -> None:
                    "runs/x/model -> eval/x)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in the output folder")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N items per set (a quick look)")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="an eval option, e.g. --set max_new_tokens=32, --set judges=[refusal,classifier], "
-        "--set unseen_prompts.spec=prompts:my.csv (repeatable; the value is read as YAML)",
-    )
+    add_set(p, "an eval option, e.g. --set max_new_tokens=32, --set judges=[refusal,classifier], "
+            "--set unseen_prompts.spec=prompts:my.csv (repeatable; the value is read as YAML)")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser(

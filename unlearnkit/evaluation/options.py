@@ -8,10 +8,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnkit.data.spec import DataSourceConfig
+from unlearnkit.paths import default_spec
 
-SHARED_TOFU = "../shared/data/tofu"
+_TQA = "truthfulqa/truthful_qa"
 def _tofu(name: str, **kw) -> DataSourceConfig:
-    return DataSourceConfig(spec=f"tofu:{SHARED_TOFU}/{name}.json", shuffle=False, dedupe=False, **kw)
+    """A TOFU set: tofu/NAME.json under UNLEARNKIT_DATA, else config NAME of locuslab/TOFU on the hub."""
+    fields = default_spec("tofu", f"tofu/{name}.json", "locuslab/TOFU", hub_config=name)
+    return DataSourceConfig(**fields, shuffle=False, dedupe=False, **kw)
 
 
 class TofuOptions(BaseModel):
@@ -40,13 +43,18 @@ class TofuOptions(BaseModel):
 
 
 
-SHARED = "../shared/data"
 EVAL_FORMAT = "unlearnkit-eval/1"
 BORDERLINE_HELDOUT = Path(__file__).resolve().parents[1] / "assets" / "borderline_heldout.txt"
 
 
 def _src(spec: str, **kw) -> DataSourceConfig:
     return DataSourceConfig(spec=spec, **kw)
+
+
+def _default(recipe: str, relative: str, hub: str | None = None, hub_options: dict | None = None, **kw):
+    """A default data set: under UNLEARNKIT_DATA, else its hub copy (unlearnkit.paths), else None."""
+    fields = default_spec(recipe, relative, hub, **(hub_options or {}))
+    return DataSourceConfig(**fields, **kw) if fields is not None else None
 
 
 class EvalOptions(BaseModel):
@@ -80,21 +88,25 @@ class EvalOptions(BaseModel):
 
     forget_prompts: DataSourceConfig | None = None
     unseen_prompts: DataSourceConfig | None = Field(
-        default_factory=lambda: _src(f"prompts:{SHARED}/harmful_prompts/advbench_harmful_behaviors.csv", shuffle=False)
+        default_factory=lambda: _default("prompts", "harmful_prompts/advbench_harmful_behaviors.csv", "walledai/AdvBench", shuffle=False)
     )
     # The 60 TruthfulQA questions the example configs hold out of training.
     normal_prompts: DataSourceConfig | None = Field(
-        default_factory=lambda: _src(f"truthfulqa:{SHARED}/truthfulqa/TruthfulQA.csv", holdout=60, seed=0)
+        default_factory=lambda: _default("truthfulqa", "truthfulqa/TruthfulQA.csv", _TQA, {"hub_config": "generation", "hub_split": "validation"},
+                         holdout=60, seed=0)
     )
     truthfulqa: DataSourceConfig | None = Field(
-        default_factory=lambda: _src(f"truthfulqa_mc:{SHARED}/truthfulqa/TruthfulQA.csv", shuffle=False)
+        default_factory=lambda: _default("truthfulqa_mc", "truthfulqa/TruthfulQA.csv", _TQA,
+                         {"hub_config": "multiple_choice", "hub_split": "validation"}, shuffle=False)
     )
     perplexity_texts: DataSourceConfig | None = Field(
-        default_factory=lambda: _src(f"text:{SHARED}/retain/c4_demo.json", mode="chunks", chunk_tokens=256, shuffle=False)
+        default_factory=lambda: _default("text", "retain/c4_demo.json", "Salesforce/wikitext",
+                         {"hub_config": "wikitext-2-raw-v1", "hub_split": "test"}, mode="chunks", chunk_tokens=256,
+                         shuffle=False)
     )
     memorisation_pairs: DataSourceConfig | None = Field(
-        default_factory=lambda: _src(
-            f"text:{SHARED}/books/dorothy_and_the_wizard_in_oz.txt",
+        default_factory=lambda: _default(
+            "text", "books/dorothy_and_the_wizard_in_oz.txt", None, None,
             # Shuffled (seeded): pairs from across the book, not its title pages.
             mode="pairs", prompt_tokens=32, continuation_tokens=32, shuffle=True, seed=0,
         )

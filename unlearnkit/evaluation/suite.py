@@ -31,10 +31,9 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnkit.data.spec import DataSourceConfig, load_examples, parse_spec, split_holdout
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
@@ -45,7 +44,8 @@ from unlearnkit.evaluation.registry import SuiteRun, get_suite, suite_names  # n
 SUITES: tuple[str, ...] = suite_names()
 EXTRA_SUITES: tuple[str, ...] = tuple(n for n in suite_names(True) if n not in SUITES)
 # Where the development checkout keeps its data (relative to the project root).
-from unlearnkit.evaluation.options import BORDERLINE_HELDOUT, EVAL_FORMAT, SHARED, EvalOptions, _src  # noqa: E402,F401
+from unlearnkit.paths import data_root  # noqa: E402
+from unlearnkit.evaluation.options import BORDERLINE_HELDOUT, EVAL_FORMAT, EvalOptions, _src  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- run configs
@@ -437,8 +437,8 @@ def check_suite_data(suites: list[str], options: EvalOptions) -> None:
                 (".", "/", "~"))
             if looks_local and not p.exists():
                 default = getattr(defaults, name)
-                why = (f" (the default, which expects unlearnkit's checkout layout with {SHARED} beside the working "
-                       "directory)" if default is not None and default.spec == src.spec else "")
+                why = (f" (a default: UNLEARNKIT_DATA={data_root()} names the folder of the default data sets)"
+                       if default is not None and default.spec == src.spec else "")
                 raise DataError(
                     f"{name}: no such file: {location}{why}; give yours with --set {name}.spec=RECIPE:PATH "
                     f"(eval.suite.{name} in a run config), turn it off with --set {name}=null, or leave the {suite} "

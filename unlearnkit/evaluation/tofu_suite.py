@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnkit.data.spec import DataSourceConfig
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.evaluation.options import SHARED_TOFU, TofuOptions, _tofu  # noqa: F401
+from unlearnkit.evaluation.options import TofuOptions, _tofu  # noqa: F401
 
 # The per-item lists that are kept in eval.json (the reference needs the forget truth ratios).
 _KEEP_PER_ITEM = ("forget_truth_ratio", "mia_forget_scores", "mia_holdout_scores")

@@ -1,0 +1,19 @@
+"""Arguments that several commands share (``--set``, and a run's ``--resume / --overwrite / --stop-at``)."""
+
+from __future__ import annotations
+
+import argparse
+
+SET_HELP = "override a config key, e.g. --set train.lr=1e-4 (repeatable; the value is read as YAML)"
+
+
+def add_set(p: argparse.ArgumentParser, help: str = SET_HELP, metavar: str = "KEY=VALUE") -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar=metavar, help=help)
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """What a training command accepts beside its config."""
+    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="pause after STEP steps with a checkpoint (the schedule still targets max_steps)")
