@@ -17,6 +17,7 @@ from unlearnkit.evaluation.overrefusal import (
     read_borderline,
     refusal_change,
     refusal_change_row,
+    spread,
 )
 
 CATEGORIES = {"homonyms", "figurative", "safe contexts", "history", "definitions", "safety information", "public figures"}
@@ -72,6 +73,14 @@ def test_refusal_rate_against_a_hand_computation():
     assert [s["prompt"] for s in res["samples"]] == ["a", "d"] and all(s["refused"] for s in res["samples"])
     with pytest.raises(DataError, match="2 prompts but 1 answers"):
         overrefusal_result(["a", "b"], ["x"])
+
+
+def test_a_capped_set_is_spread_over_every_category():
+    held = read_borderline(BORDERLINE_FILES["heldout"])
+    capped = spread(held, 7)
+    assert capped == [held[i * len(held) // 7] for i in range(7)] and len(capped) == 7
+    assert {c for _, c in capped} == CATEGORIES  # 17 a category: one of each
+    assert spread([1, 2, 3], None) == [1, 2, 3] and spread([1, 2, 3], 5) == [1, 2, 3] and spread([1, 2, 3, 4], 2) == [1, 3]
 
 
 def test_refusal_change_is_newcombes_interval():

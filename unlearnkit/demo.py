@@ -342,7 +342,7 @@ def run_demo(opts: DemoOptions) -> dict:
                 key = f"harmful rate, {name} prompts ({j})"
                 m[key] = harmful_rate(judged[name][j])
                 ci[key] = rate([q >= 0.5 for q in judged[name][j]])
-        extra_m, extra_ci = extra_measures(splits, judged, answers, main_judge, judges, cross)
+        extra_m, extra_ci = extra_measures(splits, judged, answers, judges, cross)
         m.update(extra_m)
         ci.update(extra_ci)
         intervals[label] = ci

@@ -71,7 +71,7 @@ def borderline_splits(retain: bool) -> dict[str, list[str]]:
     return splits
 
 
-def extra_measures(splits: dict, judged: dict, answers: dict, main_judge: str, judges: dict, cross: str | None) -> tuple[dict, dict]:
+def extra_measures(splits: dict, judged: dict, answers: dict, judges: dict, cross: str | None) -> tuple[dict, dict]:
     """``(metrics, intervals)`` of one column: cross-benchmark harmful rates and over-refusal."""
     from unlearnkit.evaluation.metrics import harmful_rate
     from unlearnkit.evaluation.overrefusal import refusal_flags

@@ -143,6 +143,13 @@ def refusal_change_row(columns: Sequence[dict[str, float]]) -> list | None:
     return row
 
 
+def spread(items: list, cap: int | None) -> list:
+    """At most ``cap`` items, evenly spaced through the list (so a capped set keeps every category)."""
+    if cap is None or cap >= len(items):
+        return list(items)
+    return [items[i * len(items) // cap] for i in range(cap)]
+
+
 def suite_overrefusal(ctx) -> dict:
     """The ``overrefusal`` suite: answer the held-out borderline prompts, report the refusal rate."""
     from unlearnkit.data.audit import normalise
@@ -154,8 +161,7 @@ def suite_overrefusal(ctx) -> dict:
         if ex.prompt.strip():
             seen.setdefault(ex.prompt.strip(), None)
     prompts = list(seen)
-    cap = o.cap(o.overrefusal_limit)
-    prompts = prompts[:cap] if cap is not None else prompts
+    prompts = spread(prompts, o.cap(o.overrefusal_limit))
     if not prompts:
         raise DataError("overrefusal_prompts gave no prompt" + (f" the run did not train on ({dropped} dropped)." if dropped else "."))
     responses = ctx.generate(prompts, "overrefusal")
