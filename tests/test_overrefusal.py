@@ -161,4 +161,4 @@ def test_suite_on_a_tiny_model_with_a_known_rate(smol_tokenizer, tmp_path):
     assert res["by_category"]["definitions"]["refusal_rate"] == 1.0
     assert res["by_category"]["other"]["refusal_rate"] == 0.0
     assert result["metrics"]["overrefusal.refusal_rate"] == pytest.approx(0.4)
-    assert "overrefusal" in default_suites(False) and "overrefusal" in EvalOptions().overrefusal_prompts.spec
+    assert "overrefusal" in default_suites(False) and EvalOptions().overrefusal_prompts.spec.endswith("borderline_heldout.txt")

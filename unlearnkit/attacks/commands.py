@@ -13,7 +13,7 @@ def attack_options(config_options: dict | None, overrides: list[str], forget: st
     from pydantic import ValidationError
 
     from unlearnkit.attacks.options import AttackOptions
-    from unlearnkit.config import _format_errors, apply_overrides
+    from unlearnkit.config import format_errors, apply_overrides
 
     raw = dict(config_options or {})
     if forget:
@@ -24,7 +24,7 @@ def attack_options(config_options: dict | None, overrides: list[str], forget: st
     try:
         return AttackOptions.model_validate(raw)
     except ValidationError as exc:
-        detail = _format_errors(exc).removeprefix("invalid config: ")
+        detail = format_errors(exc).removeprefix("invalid config: ")
         raise ConfigError(f"invalid attack option: {detail}") from None
 
 
