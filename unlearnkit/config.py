@@ -296,8 +296,8 @@ def check_for_unlearn(cfg: RunConfig, source: str | None = None) -> None:
     where = f" in {source}" if source else ""
     if cfg.data.forget is None:
         raise ConfigError(f"invalid config{where}: data.forget is required: the examples to unlearn.")
-    method = get_method(cfg.method["name"])
-    if "retain" in method.needs and not cfg.data.retain_sources:
+    method = get_method(cfg.method["name"])(cfg.method_params())
+    if "retain" in method.batch_needs and not cfg.data.retain_sources:
         raise ConfigError(f"invalid config{where}: method {method.name} needs data.retain (normal data to keep).")
     from unlearnkit.trackers import check_trackers
 

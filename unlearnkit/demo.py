@@ -40,6 +40,7 @@ from typing import Any
 
 from unlearnkit.config import apply_overrides
 from unlearnkit.errors import DataError, UnlearnkitError
+from unlearnkit.evaluation.tables import fmt_value
 from unlearnkit.rundir import atomic_write_json, atomic_write_text, save_figure
 
 DEMO_FORMAT = "unlearnkit-demo/1"
@@ -408,14 +409,6 @@ def run_demo(opts: DemoOptions) -> dict:
     return report
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
-    return str(v)
-
-
 def _quote(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return (text[:limit] + "…") if len(text) > limit else (text or "(empty)")
@@ -428,7 +421,7 @@ def demo_markdown(report: dict, short: bool = False) -> str:
     ci = report.get("intervals") or {}
     lines = ["| metric | Original | Unlearned |", "|---|---|---|"]
     for key in m["Original"]:
-        cells = [fmt_rate(ci[label][key]) if key in ci.get(label, {}) else _fmt(m[label][key])
+        cells = [fmt_rate(ci[label][key]) if key in ci.get(label, {}) else fmt_value(m[label][key])
                  for label in ("Original", "Unlearned")]
         lines.append(f"| {key} | {cells[0]} | {cells[1]} |")
     drop = report["unseen_harmful_rate_relative_drop"]
@@ -458,7 +451,7 @@ def demo_markdown(report: dict, short: bool = False) -> str:
     o = report["options"]
     if j["spec"] == "classifier":
         judge_line = (f"- judge `classifier`: the project's {j.get('kind')} judge, held-out accuracy "
-                      f"{_fmt(j.get('heldout_accuracy'))} on PKU-SafeRLHF (docs/evaluation.md)")
+                      f"{fmt_value(j.get('heldout_accuracy'))} on PKU-SafeRLHF (docs/evaluation.md)")
     else:
         judge_line = f"- judge `{j['spec']}`"
     bullets = [
@@ -471,7 +464,7 @@ def demo_markdown(report: dict, short: bool = False) -> str:
         judge_line,
         "- `refusal`: the refusal-phrase proxy (share of answers without a refusal phrase)",
         f"- unlearning: llm_unlearn with LoRA r={o['lora_r']}, {u['steps']} steps ({u['status']}: {u['reason']}), "
-        f"{_fmt(u['train_seconds'])} s of training",
+        f"{fmt_value(u['train_seconds'])} s of training",
         f"- time: {', '.join(f'{k} {v:.0f} s' for k, v in s.items())}",
         f"- unlearned model: `{report['model_path']}`",
     ]

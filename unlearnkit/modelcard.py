@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from unlearnkit.evaluation.tables import _with_ci, flatten_intervals, flatten_metrics, markdown_table
+from unlearnkit.evaluation.tables import with_ci, flatten_intervals, flatten_metrics, markdown_table
 from unlearnkit.rundir import atomic_write_text
 
 CARD = "README.md"
@@ -212,7 +212,7 @@ def headline(result: dict) -> list[list]:
         parts = name.split(".")
         n = next((flat[".".join(parts[:i] + ["n"])] for i in range(len(parts) - 1, 0, -1)
                   if ".".join(parts[:i] + ["n"]) in flat), None)
-        rows.append([name, _with_ci(value, cis.get(name)), n])
+        rows.append([name, with_ci(value, cis.get(name)), n])
     return rows
 
 

@@ -24,11 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from unlearnkit.evaluation.stats import N_BOOT
-
-
-def _means(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return (values * weights).sum(axis=-1) / weights.sum(axis=-1)
+from unlearnkit.evaluation.stats import N_BOOT, percentile_ci, weighted_mean as _means
 
 
 def recovery_ratio(original: Sequence[float], unlearned: Sequence[float], attacked: Sequence[float],
@@ -49,9 +45,9 @@ def recovery_ratio(original: Sequence[float], unlearned: Sequence[float], attack
     mo, mu, ma = _means(o, w), _means(u, w), _means(a, w)
     idx = np.random.default_rng(seed).integers(0, o.size, size=(n_boot, o.size))
     bo, bu, ba = _means(o[idx], w[idx]), _means(u[idx], w[idx]), _means(a[idx], w[idx])
-    effect_lo, effect_hi = np.percentile(bo - bu, [2.5, 97.5])
+    effect_lo, effect_hi = percentile_ci(bo - bu)
     out = {"n": int(o.size), "original": float(mo), "unlearned": float(mu), "attacked": float(ma),
-           "unlearning_effect": float(mo - mu), "unlearning_effect_ci95": [float(effect_lo), float(effect_hi)]}
+           "unlearning_effect": float(mo - mu), "unlearning_effect_ci95": [effect_lo, effect_hi]}
     defined = bool(mo != mu) and not (effect_lo <= 0 <= effect_hi)
     out["defined"] = defined
     if not defined:
@@ -59,8 +55,7 @@ def recovery_ratio(original: Sequence[float], unlearned: Sequence[float], attack
         return out
     denom = bo - bu
     ok = denom != 0
-    lo, hi = np.percentile((ba[ok] - bu[ok]) / denom[ok], [2.5, 97.5])
-    out.update(ratio=float((ma - mu) / (mo - mu)), ci95=[float(lo), float(hi)])
+    out.update(ratio=float((ma - mu) / (mo - mu)), ci95=percentile_ci((ba[ok] - bu[ok]) / denom[ok]))
     return out
 
 

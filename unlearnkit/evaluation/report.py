@@ -18,8 +18,8 @@ from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.tables import (  # noqa: F401 (re-exported)
     _cell,
     _collect_samples,
-    _fmt,
-    _with_ci,
+    fmt_value,
+    with_ci,
     flatten_intervals,
     flatten_metrics,
     markdown_table,
@@ -46,7 +46,7 @@ def eval_markdown(result: dict) -> str:
         flat = flatten_metrics(res)
         cis = flatten_intervals(res)
         parts.append(f"## {suite}\n")
-        parts.append(markdown_table(["metric", "value"], [[k, _with_ci(v, cis.get(k))] for k, v in flat.items()]))
+        parts.append(markdown_table(["metric", "value"], [[k, with_ci(v, cis.get(k))] for k, v in flat.items()]))
     samples = _collect_samples(result.get("results") or {})
     if samples:
         parts.append("## Samples\n")
@@ -229,7 +229,7 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, labels: 
             if e_name in effectiveness:
                 table[e_name] = effectiveness[e_name]
     rows = [{"metric": m, **dict(zip(names, vals))} for m, vals in table.items()]
-    cells = [[m, *[_with_ci(v, d.get("intervals", {}).get(m)) for v, d in zip(vals, details)]]
+    cells = [[m, *[with_ci(v, d.get("intervals", {}).get(m)) for v, d in zip(vals, details)]]
              for m, vals in table.items()]
     ppl_change = perplexity_change_row(details)
     if ppl_change is not None:

@@ -56,15 +56,24 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def percentile_ci(samples) -> list[float]:
+    """The 95% percentile interval of bootstrap samples."""
+    lo, hi = np.percentile(np.asarray(samples, dtype=np.float64), [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``sum(w * x) / sum(w)`` along the last axis (one mean per bootstrap row)."""
+    return (values * weights).sum(axis=-1) / weights.sum(axis=-1)
+
+
 def bootstrap_mean(values: Sequence[float], seed: int = 0, n_boot: int = N_BOOT) -> dict:
     """Mean of ``values`` with a percentile-bootstrap 95% interval."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         raise ValueError("bootstrap_mean needs at least one value")
     idx = _rng(seed).integers(0, v.size, size=(n_boot, v.size))
-    means = v[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(v.mean()), "n": int(v.size), "ci95": [float(lo), float(hi)]}
+    return {"mean": float(v.mean()), "n": int(v.size), "ci95": percentile_ci(v[idx].mean(axis=1))}
 
 
 def relative_change(
@@ -86,6 +95,15 @@ def relative_change(
     Examples are resampled jointly (the same indices for both), ``n_boot`` times
     with a generator seeded by ``seed``.
     """
+    point, boots = relative_change_samples(before, after, weights, exp=exp, rng=_rng(seed), n_boot=n_boot)
+    lo, hi = percentile_ci(boots)
+    return {"change": point, "n": len(before), "ci95": [lo, hi], "verdict": verdict([lo, hi])}
+
+
+def relative_change_samples(before: Sequence[float], after: Sequence[float], weights: Sequence[float] | None = None,
+                            *, exp: bool = False, rng: np.random.Generator, n_boot: int = N_BOOT
+                            ) -> tuple[float, np.ndarray]:
+    """The relative change of :func:`relative_change` and its ``n_boot`` paired bootstrap samples (drawn from ``rng``)."""
     b = np.asarray(before, dtype=np.float64)
     a = np.asarray(after, dtype=np.float64)
     if b.shape != a.shape or b.size == 0:
@@ -94,16 +112,12 @@ def relative_change(
     if w.shape != b.shape:
         raise ValueError("weights need one value per example")
 
-    def change(wb: np.ndarray, wa: np.ndarray, ww: np.ndarray) -> np.ndarray:
-        mb = wb.sum(axis=-1) / ww.sum(axis=-1)
-        ma = wa.sum(axis=-1) / ww.sum(axis=-1)
+    def change(xb: np.ndarray, xa: np.ndarray, ww: np.ndarray) -> np.ndarray:
+        mb, ma = weighted_mean(xb, ww), weighted_mean(xa, ww)
         return np.expm1(ma - mb) if exp else (ma - mb) / mb
 
-    point = float(change(w * b, w * a, w))
-    idx = _rng(seed).integers(0, b.size, size=(n_boot, b.size))
-    boots = change((w * b)[idx], (w * a)[idx], w[idx])
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"change": point, "n": int(b.size), "ci95": [float(lo), float(hi)], "verdict": verdict([lo, hi])}
+    idx = rng.integers(0, b.size, size=(n_boot, b.size))
+    return float(change(b, a, w)), change(b[idx], a[idx], w[idx])
 
 
 def verdict(ci: Sequence[float] | None) -> str:

@@ -48,14 +48,14 @@ def flatten_intervals(results: dict, prefix: str = "") -> dict[str, list[float]]
     return out
 
 
-def _with_ci(value: Any, ci: list[float] | None) -> str:
-    text = _fmt(value)
+def with_ci(value: Any, ci: list[float] | None) -> str:
+    text = fmt_value(value)
     if ci is None or value is None:
         return text
-    return f"{text} [{_fmt(float(ci[0]))}, {_fmt(float(ci[1]))}]"
+    return f"{text} [{fmt_value(float(ci[0]))}, {fmt_value(float(ci[1]))}]"
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -75,7 +75,7 @@ def _cell(text: str) -> str:
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(_fmt(v) if not isinstance(v, str) else v) for v in row) + " |")
+        lines.append("| " + " | ".join(_cell(fmt_value(v) if not isinstance(v, str) else v) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from unlearnkit.data.spec import DataSourceConfig
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.evaluation.options import TofuOptions, _tofu  # noqa: F401
+from unlearnkit.evaluation.options import TofuOptions
+from unlearnkit.evaluation.stats import percentile_ci
 
 # The per-item lists that are kept in eval.json (the reference needs the forget truth ratios).
 _KEEP_PER_ITEM = ("forget_truth_ratio", "mia_forget_scores", "mia_holdout_scores")
@@ -41,16 +40,11 @@ _KEEP_PER_ITEM = ("forget_truth_ratio", "mia_forget_scores", "mia_holdout_scores
 # --------------------------------------------------------------------------- intervals
 
 
-def _ci(values: np.ndarray) -> list[float]:
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return [float(lo), float(hi)]
-
-
 def _mean_ci(values, rng: np.random.Generator, n_boot: int) -> list[float] | None:
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         return None
-    return _ci(v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1))
+    return percentile_ci(v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1))
 
 
 def _auc_ci(forget_scores, holdout_scores, rng: np.random.Generator, n_boot: int) -> list[float]:
@@ -59,7 +53,7 @@ def _auc_ci(forget_scores, holdout_scores, rng: np.random.Generator, n_boot: int
 
     f, h = np.asarray(forget_scores), np.asarray(holdout_scores)
     values = [mia_auc(f[rng.integers(0, f.size, f.size)], h[rng.integers(0, h.size, h.size)]) for _ in range(n_boot)]
-    return _ci(np.asarray(values))
+    return percentile_ci(np.asarray(values))
 
 
 def _utility_ci(per_item: dict, rng: np.random.Generator, n_boot: int) -> list[float]:
@@ -79,7 +73,7 @@ def _utility_ci(per_item: dict, rng: np.random.Generator, n_boot: int) -> list[f
             idx = rng.integers(0, prob.size, prob.size)
             figures += [prob[idx].mean(), rouge[idx].mean(), tr[idx].mean()]
         values.append(harmonic_mean(figures))
-    return _ci(np.asarray(values))
+    return percentile_ci(np.asarray(values))
 
 
 def add_intervals(result: dict, per_item: dict, seed: int = 0, n_boot: int = 2000) -> dict:

@@ -187,15 +187,9 @@ def fit_encoder(items: Sequence[tuple[str, str, bool, float | None]], *, epochs:
     over the first 6% of steps then linear decay, gradient clip 1.0.
     Returns ``(state, model_meta, hyperparameters, predict)``.
     """
-    from tqdm.auto import tqdm
+    from unlearnkit.judges.optim import check_training_args, run_steps
 
-    from unlearnkit.judges.optim import optimiser_step
-
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-        if value < 1:
-            raise UnlearnkitError(f"{name} must be >= 1, got {value}.")
-    if not lr > 0:
-        raise UnlearnkitError(f"lr must be > 0, got {lr}.")
+    check_training_args(lr, epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size)
     if not items:
         raise UnlearnkitError("the encoder judge got no training items.")
     torch.manual_seed(seed)
@@ -214,25 +208,21 @@ def fit_encoder(items: Sequence[tuple[str, str, bool, float | None]], *, epochs:
         optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(total - warmup, 1)))
     device_t = next(net.parameters()).device
     net.train()
-    step, running, tokens = 0, None, 0
-    bar = tqdm(total=total, desc="training judge", disable=not show_progress(progress), unit="step")
-    while step < total:
-        for idx in bucketed_batches([len(e[0]) for e in encoded], batch_size, rng):
-            if step >= total:
-                break
-            batch = _batch([encoded[i] for i in idx], tokenizer.pad_token_id, device_t)
-            tokens += int(batch["attention_mask"].sum())
-            logits = net(**batch)
-            bce = torch.nn.functional.binary_cross_entropy_with_logits
-            loss_harm = bce(logits[:, 0], harm[idx].to(device_t))
-            w = known[idx].to(device_t)
-            loss_ref = (bce(logits[:, 1], refusal[idx].to(device_t), reduction="none") * w).sum() / w.sum().clamp(min=1.0)
-            value = optimiser_step(loss_harm + refusal_weight * loss_ref, step, optimizer, scheduler, trainable)
-            step += 1
-            running = value if running is None else 0.95 * running + 0.05 * value
-            bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}")
-    bar.close()
+    tokens = 0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+
+    def loss_of(idx: list[int]) -> torch.Tensor:
+        nonlocal tokens
+        batch = _batch([encoded[i] for i in idx], tokenizer.pad_token_id, device_t)
+        tokens += int(batch["attention_mask"].sum())
+        logits = net(**batch)
+        loss_harm = bce(logits[:, 0], harm[idx].to(device_t))
+        w = known[idx].to(device_t)
+        loss_ref = (bce(logits[:, 1], refusal[idx].to(device_t), reduction="none") * w).sum() / w.sum().clamp(min=1.0)
+        return loss_harm + refusal_weight * loss_ref
+
+    step = run_steps(total, lambda: bucketed_batches([len(e[0]) for e in encoded], batch_size, rng), loss_of,
+                     optimizer, scheduler, trainable, progress)
     net.eval()
 
     def predict(prompts, responses, desc="judging"):

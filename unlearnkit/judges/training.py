@@ -15,7 +15,7 @@ import torch
 from unlearnkit.console import show_progress
 from unlearnkit.errors import DataError, UnlearnkitError
 from unlearnkit.judges.base import THRESHOLD
-from unlearnkit.judges.optim import optimiser_step
+from unlearnkit.judges.optim import check_training_args, run_steps
 from unlearnkit.judges.classifier import (
     DEFAULT_BASE, INPUT_FORMAT, JUDGE_FORMAT, JUDGE_KINDS, JUDGE_META, JUDGE_WEIGHTS, MAX_JUDGE_BYTES, SELFCHECK_PROBES,
     SELFCHECK_TOLERANCE, ClassifierJudge, _build_net, _predict, default_pku_path, encode_pair, file_sha256,
@@ -185,16 +185,10 @@ def _fit_lora(train_items, *, base_model: str, epochs: int, lr: float, batch_siz
               lora_alpha: float, lora_dropout: float, pooling: str, seed: int, max_steps: int | None,
               eval_batch_size: int, device: str, progress: bool) -> tuple[dict, dict, dict, Callable]:
     """AdamW on a LoRA adapter + linear head over ``base_model``, binary cross-entropy."""
-    from tqdm.auto import tqdm
-
     from unlearnkit.data.tokenize import TokenizedExample, collate, pad_id_of
     from unlearnkit.models import describe_source
 
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-        if value < 1:
-            raise UnlearnkitError(f"{name} must be >= 1, got {value}.")
-    if not lr > 0:
-        raise UnlearnkitError(f"lr must be > 0, got {lr}.")
+    check_training_args(lr, epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size)
     torch.manual_seed(seed)
     net, tokenizer = _build_net(base_model, lora_r, lora_alpha, lora_dropout, pooling, device)
     trainable = [p for p in net.parameters() if p.requires_grad]
@@ -215,26 +209,19 @@ def _fit_lora(train_items, *, base_model: str, epochs: int, lr: float, batch_siz
     device_t = next(net.parameters()).device
     rng = random.Random(seed)
     net.train()
-    step = 0
-    bar = tqdm(total=total_steps, desc="training judge", disable=not show_progress(progress), unit="step")
-    running = None
-    while step < total_steps:
+
+    def epoch_batches():
         order = list(range(len(encoded)))
         rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            if step >= total_steps:
-                break
-            idx = order[start : start + batch_size]
-            batch = collate([TokenizedExample(encoded[i], encoded[i]) for i in idx], pad_id, padding_side="right")
-            target = torch.tensor([labels[i] for i in idx], device=device_t)
-            logits = net(batch["input_ids"].to(device_t), batch["attention_mask"].to(device_t))
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
-            value = optimiser_step(loss, step, optimizer, scheduler, trainable)
-            step += 1
-            running = value if running is None else 0.9 * running + 0.1 * value
-            bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}")
-    bar.close()
+        return (order[start : start + batch_size] for start in range(0, len(order), batch_size))
+
+    def loss_of(idx: list[int]) -> torch.Tensor:
+        batch = collate([TokenizedExample(encoded[i], encoded[i]) for i in idx], pad_id, padding_side="right")
+        target = torch.tensor([labels[i] for i in idx], device=device_t)
+        logits = net(batch["input_ids"].to(device_t), batch["attention_mask"].to(device_t))
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
+
+    step = run_steps(total_steps, epoch_batches, loss_of, optimizer, scheduler, trainable, progress)
     net.eval()
 
     def predict(prompts, responses, desc="judging"):

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from unlearnkit.methods.registry import register
 from unlearnkit.methods.sequence_terms import (
-    ForgetRetainMethod, RetainTermParams, forget_nll_value, has_answer, sequence_logprob, sequence_mean,
+    ForgetRetainMethod, RetainLoss, RetainTermParams, forget_nll_value, has_answer, sequence_logprob, sequence_mean,
 )
 
 
@@ -36,7 +36,7 @@ def dpo_loss(win: torch.Tensor, win_ref: torch.Tensor, lose: torch.Tensor, lose_
 
 class DPOParams(RetainTermParams):
     beta: float = Field(0.1, gt=0, description="inverse temperature of the preference margin")
-    retain_loss: str = Field("none", pattern="^(none|nll|kl)$", description="none, nll or kl retain term")
+    retain_loss: RetainLoss = Field("none", description="none, nll or kl retain term")
 
 
 @register

@@ -19,7 +19,7 @@ from unlearnkit.methods.base import LossContext, Method, MethodParams
 
 
 __all__ = ["sequence_lengths", "sequence_logprob", "has_answer", "sequence_mean", "forget_nll_value",
-           "RetainTermParams", "ForgetRetainMethod", "retain_term"]
+           "RetainLoss", "RetainTermParams", "ForgetRetainMethod", "retain_term"]
 
 
 def has_answer(al: AnswerLogits) -> torch.Tensor:

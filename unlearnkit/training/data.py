@@ -46,7 +46,12 @@ def trained_sets(data: "TrainData") -> dict[str, list]:
     return sets
 
 
-def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
+def prepare_data(cfg: RunConfig, tokenizer, method: Method | type[Method]) -> TrainData:
+    """Every set of a run: what ``method`` (an instance, or a class built with the run's parameters) trains on,
+    and the held-out sets, audited against each other."""
+    if isinstance(method, type):
+        method = method(cfg.method_params())
+    needs = method.batch_needs
     d = cfg.data
     if d.forget is None:
         raise ConfigError("data.forget is required: the examples to unlearn.")
@@ -62,7 +67,7 @@ def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
             if safe:
                 data.heldout["safe_heldout"] = safe
     sources = d.retain_sources
-    if "retain" in method.needs and not sources:
+    if "retain" in needs and not sources:
         raise ConfigError(f"method {method.name} needs data.retain (normal data to keep).")
     for i, source in enumerate(sources):
         retain_all = load_examples(source, tokenizer)
@@ -76,7 +81,7 @@ def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
         if retain_held:
             data.heldout[f"{key}_heldout"] = list(retain_held)
             data.descriptions[f"{key}_heldout"] = describe(retain_held)
-    if "random" in method.needs:
+    if "random" in needs:
         if method.random_pool == "forget":
             data.random_pool = [e.response for e in data.forget]
         else:
@@ -96,7 +101,7 @@ def prepare_data(cfg: RunConfig, tokenizer, method: type[Method]) -> TrainData:
     for name, ds in cfg.eval.nll.items():
         data.heldout[name] = list(load_examples(ds, tokenizer))
         data.descriptions[f"eval.{name}"] = describe(data.heldout[name])
-    if "alternative" in method.needs:
+    if "alternative" in needs:
         data.alternative = _alternative_answers(d.alternative, data.heldout, tokenizer, method.name)
         data.descriptions["alternative"] = describe(data.alternative)
     # The leak audit: no held-out set may share a prompt or response with a trained one.

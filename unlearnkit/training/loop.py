@@ -109,7 +109,7 @@ class Trainer:
         seed_everything(cfg.seed)
         model, tokenizer = load_model(cfg.model, for_training=True)
         self.tokenizer = tokenizer
-        self.data = data = prepare_data(cfg, tokenizer, self.method_cls)
+        self.data = data = prepare_data(cfg, tokenizer, self.method)
         forget_tok, retain_tok = self._tokenize(data)
         self._fix_step_count(len(forget_tok))
         if main:
