@@ -275,6 +275,19 @@ def test_default_stage_inputs_and_row_labels(tmp_path, model_dir, files):
     assert exp.stage("finetune").run_config.method == {"name": "finetune", "add_eos": False}
 
 
+def test_experiment_without_an_eval_stage_trains_and_says_it_has_no_table(tmp_path, model_dir, files):
+    raw = experiment_raw(tmp_path, model_dir, files)
+    finetune = next(s for s in raw["stages"] if s["name"] == "finetune")
+    finetune["config"]["train"].update(max_steps=2, save_every=None)
+    raw["stages"] = [finetune]
+    report = run_experiment(load_experiment(raw=raw))
+    assert report["rows"] == [] and "No eval stage" in report["markdown_table"]
+    assert [s["action"] for s in report["stages"]] == ["ran"]
+    folder = tmp_path / "runs" / "tiny-book"
+    assert "No eval stage" in (folder / "report.md").read_text()
+    assert (folder / "finetune" / "model").is_dir() or (folder / "finetune" / "adapter").is_dir()
+
+
 # --- shipped experiments ------------------------------------------------------------------------
 
 SHIPPED = sorted((ROOT / "configs" / "copyright").glob("*.yaml"))

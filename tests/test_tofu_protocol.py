@@ -60,6 +60,23 @@ def test_also_errors_name_the_entry(shared_data, tmp_path):
         load_examples(DataSourceConfig(spec=f"tofu:{tofu}/forget01.json", also=[str(missing)]))
 
 
+def test_config_check_finds_a_missing_also_file_before_anything_loads(shared_data, tmp_path):
+    from unlearnkit.config import load_config
+
+    tofu = shared_data / "tofu"
+    raw = {"model": {"name": "smollm2-135m-instruct"}, "method": {"name": "finetune"},
+           "data": {"forget": {"spec": f"tofu:{tofu}/forget01.json", "also": [f"tofu:{tofu}/retain_perturbed.json"]}}}
+    load_config(raw=raw)  # both files exist
+    raw["data"]["forget"]["also"].append(f"tofu:{tmp_path / 'nope.json'}")
+    with pytest.raises(ConfigError, match=r"data\.forget\.also\[1\]: data file .*nope\.json does not exist"):
+        load_config(raw=raw)
+    # The alternative answers are checked the same way.
+    raw["data"]["forget"]["also"].pop()
+    raw["data"]["alternative"] = {"spec": f"answers:{tmp_path / 'idk.jsonl'}"}
+    with pytest.raises(ConfigError, match=r"data\.alternative\.spec: data file .*idk\.jsonl does not exist"):
+        load_config(raw=raw)
+
+
 def test_also_on_the_hub_reads_configs_of_the_same_data_set(monkeypatch):
     import unlearnkit.data.spec as spec
 

@@ -264,22 +264,29 @@ def _check_files(cfg: RunConfig, source: str | None) -> None:
     from unlearnkit.data.spec import parse_spec
 
     where = f" in {source}" if source else ""
-    sets = {f"data.{k}": getattr(cfg.data, k) for k in ("forget", "random")}
+    sets = {f"data.{k}": getattr(cfg.data, k) for k in ("forget", "random", "alternative")}
     if isinstance(cfg.data.retain, list):
         sets.update({f"data.retain[{i}]": ds for i, ds in enumerate(cfg.data.retain)})
     else:
         sets["data.retain"] = cfg.data.retain
     sets.update({f"eval.nll.{k}": v for k, v in cfg.eval.nll.items()})
+    def looks_local(location: str) -> bool:
+        return Path(location).suffix.lower() in {".json", ".jsonl", ".csv", ".parquet", ".txt"} or location.startswith(
+            (".", "/", "~"))
+
     for key, ds in sets.items():
         if ds is None:
             continue
         _, location = parse_spec(ds.spec)
-        p = Path(location).expanduser()
-        looks_local = p.suffix.lower() in {".json", ".jsonl", ".csv", ".parquet", ".txt"} or location.startswith(
-            (".", "/", "~")
-        )
-        if looks_local and not p.exists():
+        if looks_local(location) and not Path(location).expanduser().exists():
             raise ConfigError(f"invalid config{where}: {key}.spec: data file {location} does not exist.")
+        if not Path(location).expanduser().is_file():
+            continue  # a hub data set: its `also` entries are hub configs, checked on load
+        for i, entry in enumerate(ds.also):
+            _, other = parse_spec(entry)
+            if not Path(other).expanduser().is_file():
+                raise ConfigError(f"invalid config{where}: {key}.also[{i}]: data file {other} does not exist "
+                                  f"(the source {ds.spec} is a local file, so its also entries are files too).")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> RunConfig:

@@ -605,9 +605,12 @@ def write_experiment_report(exp: Experiment, actions: dict[str, str] | None = No
 
     tofu = tofu_table([(r["label"], r["stage"], s.folder / "eval.json") for r, (_, s) in zip(rows, rows_spec)])
     table = tofu or table
-    compare(
-        [s.folder / "eval.json" for _, s in rows_spec], out_dir=exp.folder, labels=[label for label, _ in rows_spec]
-    )
+    if not rows_spec:
+        table = "No eval stage: the experiment has no table (add a stage of kind eval, or report.rows)."
+    else:
+        compare(
+            [s.folder / "eval.json" for _, s in rows_spec], out_dir=exp.folder, labels=[label for label, _ in rows_spec]
+        )
     stages = []
     for s in exp.stages:
         record = s.folder / STAGE_RECORD

@@ -117,8 +117,10 @@ def perplexity_change_row(details: list[dict]) -> list | None:
     """The change of retain perplexity against the FIRST column, with a paired bootstrap interval."""
     from unlearnkit.evaluation.stats import fmt_change, relative_change
 
+    if len(details) < 2:
+        return None
     first = details[0].get("per_text")
-    if not first or len(details) < 2:
+    if not first:
         return None
     row: list = ["–"]
     for d in details[1:]:
