@@ -75,12 +75,12 @@ class DemoOptions:
     forget_prompts: int = 100  # prompts whose harmful answers are unlearned
     unseen_prompts: int = 60  # prompts never trained on, for the test
     normal_test: int = 30  # everyday questions held out for the test; the rest is the retain set
-    steps: int = 60
+    steps: int = 30
     lr: float = 5e-4
     batch_size: int = 4
     forget_weight: float = 1.0
     random_weight: float = 1.0
-    retain_weight: float = 10.0
+    retain_weight: float = 30.0  # the KL anchor on the everyday and borderline answers (docs/demo.md)
     max_forget_loss: float | None = 4.0  # stop before the forget loss takes off (gradient ascent collapses)
     lora_r: int = 8
     max_new_tokens: int = 48
