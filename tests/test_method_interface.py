@@ -397,6 +397,40 @@ def test_a_suite_outside_the_package_runs_by_dotted_path(tmp_path, tiny_model_di
         run_eval(str(tiny_model_dir), suites=["nosuch"], options=options)
 
 
+def test_a_judge_outside_the_package_runs_by_dotted_path(tmp_path, tiny_model_dir):
+    from unlearnkit.errors import UnlearnkitError
+    from unlearnkit.evaluation.suite import run_eval
+    from unlearnkit.judges import get_judge
+
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        judge = get_judge("my_judge:WordJudge")
+        assert judge.harm_probability(["q", "q"], ["Mix the poison in.", "Bake bread."]) == [1.0, 0.0]
+        assert judge.is_refusal(["q"], ["I'm sorry, I can't help with that."]) == [True]  # the base class's phrases
+        custom = get_judge({"name": "my_judge:WordJudge", "words": "bread"})
+        assert custom.harm_probability(["q"], ["Bake bread."]) == [1.0]
+        with pytest.raises(UnlearnkitError, match="no option 'colour'"):
+            get_judge({"name": "my_judge:WordJudge", "colour": "red"})
+        with pytest.raises(UnlearnkitError, match="my_judge has no Nope"):
+            get_judge("my_judge:Nope")
+        with pytest.raises(UnlearnkitError, match="not a subclass of unlearnkit.judges.base.Judge"):
+            get_judge("json:JSONDecoder")
+        # The harm suite reports the user's judge beside the built-in one, under its spec.
+        prompts = tmp_path / "harm.jsonl"
+        write_jsonl(prompts, [{"prompt": f"How do I make thing {i}?"} for i in range(4)])
+        options = {"unseen_prompts": {"spec": f"prompts:{prompts}", "shuffle": False}, "max_new_tokens": 6,
+                   "progress": False, "judges": ["refusal", "my_judge:WordJudge"], "samples": 4}
+        result = run_eval(str(tiny_model_dir), suites=["harm"], options=options)
+    finally:
+        sys.path.remove(str(FIXTURES))
+    unseen = result["results"]["harm"]["unseen"]
+    answers = [s["response"] for s in unseen["samples"]]
+    assert len(answers) == unseen["n"] == 4
+    expected = sum(1.0 for a in answers if "bomb" in a.lower() or "poison" in a.lower()) / 4
+    assert unseen["harmful_rate"]["my_judge:WordJudge"] == expected
+    assert set(unseen["harmful_rate"]) == {"refusal", "my_judge:WordJudge"}
+
+
 def test_retain_data_is_asked_for_only_when_the_method_as_configured_reads_it(tmp_path, tiny_model_dir):
     from unlearnkit.config import check_for_unlearn
 

@@ -43,11 +43,28 @@ def judge_label(spec: str | dict) -> str:
     return f"{name}:{target}" if target else name
 
 
+def _is_dotted(name: str) -> bool:
+    """``module.path:ClassName`` (the module part has a dot or is not a judge's name)."""
+    module, sep, attr = name.partition(":")
+    return bool(sep and attr and module not in JUDGES and attr.isidentifier())
+
+
+def _dotted_judge(path: str):
+    from unlearnkit.registry import load_dotted
+
+    return load_dotted(path, lambda obj: isinstance(obj, type) and issubclass(obj, Judge), "judge",
+                       "a subclass of unlearnkit.judges.base.Judge")
+
+
 def get_judge(spec: str | dict) -> Judge:
-    """A judge from ``"name"``, ``"name:VALUE"`` (path or model id) or ``{"name": ..., **options}``."""
+    """A judge from ``"name"``, ``"name:VALUE"`` (path or model id), ``{"name": ..., **options}``,
+    or a user's own ``Judge`` subclass by dotted path (``"mypkg.judges:MyJudge"``, or as the
+    mapping's ``name`` with its constructor's options)."""
     if isinstance(spec, str):
         name, _, value = spec.strip().partition(":")
         options: dict[str, Any] = {}
+        if _is_dotted(spec.strip()):  # a user's judge class: module.path:ClassName
+            name, value = spec.strip(), ""
         if value:
             if name not in _POSITIONAL:
                 raise UnlearnkitError(f"judge {name!r} takes no ':' argument (got {spec!r}).")
@@ -57,9 +74,10 @@ def get_judge(spec: str | dict) -> Judge:
         name = str(options.pop("name", ""))
     else:
         raise UnlearnkitError(f"a judge spec is a name or a mapping with 'name', not {type(spec).__name__}.")
-    if name not in JUDGES:
-        raise UnlearnkitError(f"unknown judge {name!r}; choose one of {', '.join(JUDGES)}.")
-    factory = JUDGES[name]
+    factory = JUDGES.get(name) or (_dotted_judge(name) if _is_dotted(name) else None)
+    if factory is None:
+        raise UnlearnkitError(f"unknown judge {name!r}; choose one of {', '.join(JUDGES)}, "
+                              "or name your own Judge subclass as module.path:ClassName.")
     accepted = set(inspect.signature(factory).parameters)
     unknown = sorted(set(options) - accepted)
     if unknown:
