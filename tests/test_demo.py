@@ -67,8 +67,7 @@ def test_cross_benchmark_prompts_are_harmbench_standard_behaviours_not_in_the_de
     import csv as _csv
 
     from unlearnkit.data.audit import normalise
-    from unlearnkit.demo import builtin_prompt_file
-    from unlearnkit.demo_sets import cross_benchmark_prompts
+    from unlearnkit.demo_sets import builtin_prompt_file, cross_benchmark_prompts
 
     strong = load_prompts("strongreject")
     with open(builtin_prompt_file("harmbench"), newline="") as fh:

@@ -24,7 +24,7 @@ CATEGORIES = {"homonyms", "figurative", "safe contexts", "history", "definitions
 
 
 def test_the_two_sets_are_large_disjoint_and_not_harmful_benchmark_prompts():
-    from unlearnkit.demo import load_prompts
+    from unlearnkit.demo_sets import load_prompts
 
     train, held = read_borderline(BORDERLINE_FILES["train"]), read_borderline(BORDERLINE_FILES["heldout"])
     assert len(train) >= 110 and len(held) >= 110

