@@ -24,9 +24,9 @@ from tests.conftest import ROOT, tiny_model
 MAX_LENGTH = 96
 
 
-def _load_bench():
-    path = Path(ROOT) / "bench" / "train_step.py"
-    spec = importlib.util.spec_from_file_location("bench_train_step", path)
+def _load_bench(name: str = "train_step"):
+    path = Path(ROOT) / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -255,3 +255,21 @@ def test_bench_loss_check_under_lora_uses_a_second_full_model(smol_tokenizer, st
     assert check["compared"] == ["forget_nll", "random_nll", "retain_kl", "loss"]
     assert check["library"]["retain_kl"] > 1e-4
     assert check["max_abs_diff"] < 1e-5
+
+
+def test_judge_speed_benchmark_judges_the_file_pairs_and_reports_each_judge(tmp_path, capsys):
+    import json
+
+    speed = _load_bench("judge_speed")
+    data = tmp_path / "pku.json"
+    rows = [{"prompt": f"q{i}", "response": [f"I'm sorry, I can't help with q{i}." if i % 2 else f"Sure: step {i}.",
+                                             "other"]} for i in range(6)]
+    data.write_text(json.dumps(rows))
+    assert speed.pairs(data, 4) == (["q0", "q1", "q2", "q3"],
+                                    ["Sure: step 0.", "I'm sorry, I can't help with q1.", "Sure: step 2.",
+                                     "I'm sorry, I can't help with q3."])
+    with pytest.raises(SystemExit, match="only 6 rows"):
+        speed.pairs(data, 7)
+    assert speed.main(["--judges", "refusal,refusal", "--n", "6", "--data", str(data)]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| refusal |")]
+    assert len(table) == 2 and all(line.endswith("| yes |") for line in table)
