@@ -582,3 +582,25 @@ def test_content_hash_stable_and_sensitive():
     assert content_hash(items) != content_hash(items[::-1])
     assert content_hash([MCItem("q", ("a", "b"), (1, 0))]) != content_hash([MCItem("q", ("a", "b"), (0, 1))])
     assert describe(items) == {"count": 2, "sha256": content_hash(items)}
+
+
+def test_an_option_of_another_recipe_is_refused_not_ignored():
+    from unlearnkit.config import load_config
+    from unlearnkit.data.spec import DataSourceConfig
+    from unlearnkit.errors import ConfigError
+
+    # TruthfulQA reads `answers`; `subset` is PKU-SafeRLHF's and would change nothing here.
+    with pytest.raises(ValidationError, match=r"subset is an option of the pku_saferlhf recipe.*truthfulqa recipe"):
+        DataSourceConfig(spec="truthfulqa:TruthfulQA.csv", subset="safe")
+    with pytest.raises(ValidationError, match=r"chunk_tokens is an option of the text recipe"):
+        DataSourceConfig(spec="generic:rows.jsonl", chunk_tokens=64)
+    # Its own options, the shared ones, and a default value written out (a dumped config) load.
+    DataSourceConfig(spec="truthfulqa:TruthfulQA.csv", answers="correct", holdout=10, limit=5, seed=1)
+    DataSourceConfig(spec="truthfulqa:TruthfulQA.csv", subset="unsafe", chunk_tokens=256)
+    DataSourceConfig(spec="text:book.txt", mode="pairs", prompt_tokens=8, continuation_tokens=8, stride=16)
+    # No recipe named: detection decides on load, so nothing is refused here.
+    DataSourceConfig(spec="rows.jsonl", subset="safe")
+    # In a run config the error names the key.
+    raw = {"model": {"name": "m"}, "data": {"forget": {"spec": "pku_saferlhf:x.json", "answers": "correct"}}}
+    with pytest.raises(ConfigError, match=r"data\.forget.*answers is an option of the truthfulqa recipe"):
+        load_config(raw=raw)

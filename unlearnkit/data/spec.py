@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from unlearnkit.data.recipes import (
     RECIPES,
@@ -36,8 +36,22 @@ from unlearnkit.errors import DataError
 Items = Union[list[Example], list[MCItem]]
 
 
+# The options only one recipe reads. Setting one (to other than its default) on a source read by
+# another recipe is an error (it would silently do nothing); the other options apply to every source.
+RECIPE_OPTIONS: dict[str, str] = {
+    "subset": "pku_saferlhf",
+    "answers": "truthfulqa",
+    "mc": "truthfulqa_mc",
+    "mode": "text", "chunk_tokens": "text", "prompt_tokens": "text", "continuation_tokens": "text", "stride": "text",
+    "column": "prompts",
+    "prompt_field": "generic", "response_field": "generic",
+    "tofu_field": "tofu",
+}
+
+
 class DataSourceConfig(BaseModel):
-    """One data source and the options of its recipe (unused options are ignored)."""
+    """One data source and the options of its recipe (RECIPE_OPTIONS: an option of another
+    recipe than the spec names is refused; with no recipe named, detection decides later)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -69,6 +83,21 @@ class DataSourceConfig(BaseModel):
     dedupe: bool = True
     holdout: float | int = 0  # fraction in [0,1) or a count of examples held out for evaluation
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_recipe_options(self) -> "DataSourceConfig":
+        prefix = self.spec.strip().split(":", 1)[0] if ":" in self.spec else None
+        if prefix not in RECIPES:
+            return self  # no recipe named (a path, detected on load): nothing to check against
+        # A value other than the default: a dumped config (every field written out) still loads.
+        wrong = sorted(k for k, recipe in RECIPE_OPTIONS.items()
+                       if recipe != prefix and getattr(self, k) != type(self).model_fields[k].default)
+        if wrong:
+            key = wrong[0]
+            raise ValueError(f"{key} is an option of the {RECIPE_OPTIONS[key]} recipe; this source ({self.spec!r}) is "
+                             f"read with the {prefix} recipe, which does not use it. Remove it, or name the recipe "
+                             f"that reads it.")
+        return self
 
     @field_validator("holdout")
     @classmethod
