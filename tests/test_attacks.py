@@ -303,3 +303,42 @@ def test_attack_suite_in_eval(tmp_path, smol_tokenizer):
     assert "attack.rows.int4.forget_nll" in result["metrics"]
     with pytest.raises(ConfigError, match="original"):
         run_eval(unlearned, ["attack"], options)
+
+
+def test_robustness_report_rows_from_attack_outputs(tmp_path, capsys):
+    import json
+
+    from unlearnkit.attacks.report import robustness_table
+    from unlearnkit.cli import main
+
+    def rec(ratio, lo, hi, defined=True):
+        return {"ratio": ratio, "ci95": [lo, hi], "defined": defined}
+
+    def result(q4, points):
+        return {"baseline": {"original": {"mean_nll": 0.5}, "unlearned": {"mean_nll": 2.5}},
+                "data": {"scored": 20},
+                "results": {"quantise": {"int4": {"recovery": q4}},
+                            "relearn": {"runs": [{"mode": "full", "data": "forget", "lr": 3e-5,
+                                                  "points": [{"step": k, "recovery": r} for k, r in points]}]}}}
+
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    (holds / "attack.json").write_text(json.dumps(result(rec(0.05, 0.01, 0.09), [(5, rec(0.1, 0, 0.2)),
+                                                                                  (10, rec(0.2, 0.1, 0.3))])))
+    leaks = tmp_path / "leaks"
+    leaks.mkdir()
+    (leaks / "attack.json").write_text(json.dumps(result(rec(0.101, 0.05, 0.15), [(10, rec(0.9, 0.8, 1.0))])))
+    flat = tmp_path / "flat.json"  # an attack.json named directly; the unlearning had no measurable effect
+    flat.write_text(json.dumps(result(rec(0.0, 0, 0, defined=False), [(25, rec(1.0, 0.9, 1.1))])))
+    lines = robustness_table([holds, leaks, flat]).splitlines()
+    assert lines[2] == ("| holds | 0.500 -> 2.500 | 0.05 [0.01, 0.09] | 95.0% (holds) | 0.20 [0.10, 0.30] | 80.0% (holds) "
+                        "| 20 |")
+    # 1 - 0.101 = 89.9% is below the 90% bar, though it would round to 90%.
+    assert "| 89.9% (does not hold) |" in lines[3] and "| 10.0% (does not hold) |" in lines[3]
+    # Undefined recovery, and no 10-step point: no verdict.
+    assert lines[4].startswith("| tmp") or lines[4].startswith(f"| {tmp_path.name}")
+    assert "undefined (no measurable unlearning effect) | - | - | - |" in lines[4]
+    with pytest.raises(FileNotFoundError, match="no attack output here"):
+        robustness_table([tmp_path / "nothing"])
+    assert main(["report", "robustness", str(holds), "-o", str(tmp_path / "t.md")]) == 0
+    assert "95.0% (holds)" in (tmp_path / "t.md").read_text()

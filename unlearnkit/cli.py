@@ -187,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)  # eval, compare, judge train, judge eval
     from unlearnkit.evaluation.tofu_report import add_commands as add_report_commands
 
-    add_report_commands(sub)  # report tofu
+    report_sub = add_report_commands(sub)  # report tofu
+    from unlearnkit.attacks.report import add_report_command as add_robustness_report
+
+    add_robustness_report(report_sub)  # report robustness
     from unlearnkit.experiment import add_commands as add_experiment_commands
 
     add_experiment_commands(sub)  # finetune, run

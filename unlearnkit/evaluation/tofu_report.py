@@ -135,8 +135,8 @@ def cmd_report_tofu(args) -> int:
     return 0
 
 
-def add_commands(subparsers) -> None:
-    """``unlearnkit report tofu RUN...``."""
+def add_commands(subparsers):
+    """``unlearnkit report tofu RUN...``; returns the ``report`` command's subparsers for the other tables."""
     p = subparsers.add_parser("report", help="results tables made from run folders (report tofu RUN...)")
     sub = p.add_subparsers(dest="report_kind", required=True)
     t = sub.add_parser("tofu", help="the TOFU table (forget quality, model utility, ...) from experiment folders",
@@ -146,3 +146,4 @@ def add_commands(subparsers) -> None:
     t.add_argument("runs", nargs="+", metavar="RUN")
     t.add_argument("--output", "-o", help="also write the Markdown table to this file (atomically)")
     t.set_defaults(func=cmd_report_tofu)
+    return sub
