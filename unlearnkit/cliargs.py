@@ -17,3 +17,25 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="pause after STEP steps with a checkpoint (the schedule still targets max_steps)")
+
+
+def add_table_command(sub, name: str, make_table, metavar: str, help: str, description: str) -> None:
+    """``report NAME INPUT... [-o FILE]``: print the Markdown table ``make_table(inputs)`` and
+    optionally write it (atomically)."""
+
+    def run(args) -> int:
+        from pathlib import Path
+
+        from unlearnkit.rundir import atomic_write_text
+
+        text = make_table(args.inputs)
+        if args.output:
+            atomic_write_text(Path(args.output), text)
+            print(f"Wrote {args.output}")
+        print(text)
+        return 0
+
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("inputs", nargs="+", metavar=metavar)
+    p.add_argument("--output", "-o", help="also write the Markdown table to this file (atomically)")
+    p.set_defaults(func=run)

@@ -169,21 +169,12 @@ def robustness_table(folders: list[str | Path]) -> str:
     return markdown_table(header, rows)
 
 
-def cmd_report_robustness(args) -> int:
-    text = robustness_table(args.attacks)
-    if args.output:
-        atomic_write_text(Path(args.output), text)
-        print(f"Wrote {args.output}")
-    print(text)
-    return 0
-
-
 def add_report_command(report_sub) -> None:
     """``unlearnkit report robustness ATTACK...`` under the ``report`` command."""
-    p = report_sub.add_parser("robustness", help="one robustness row per attacked model, from attack output folders",
-                              description="One row per `unlearnkit attack` output folder (or attack.json): the forget "
-                              "metric of the reference and the unlearned model, and the recovery ratio of 4-bit "
-                              "quantisation and of 10 relearning steps with the share of the unlearning kept.")
-    p.add_argument("attacks", nargs="+", metavar="ATTACK")
-    p.add_argument("--output", "-o", help="also write the Markdown table to this file (atomically)")
-    p.set_defaults(func=cmd_report_robustness)
+    from unlearnkit.cliargs import add_table_command
+
+    add_table_command(report_sub, "robustness", robustness_table, "ATTACK",
+                      help="one robustness row per attacked model, from attack output folders",
+                      description="One row per `unlearnkit attack` output folder (or attack.json): the forget metric "
+                      "of the reference and the unlearned model, and the recovery ratio of 4-bit quantisation and of "
+                      "10 relearning steps with the share of the unlearning kept.")

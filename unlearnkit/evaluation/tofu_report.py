@@ -123,27 +123,15 @@ def collect(paths: list[str | Path]) -> list[tuple[str, dict]]:
     return [(label, res) for _, label, res in sorted(found.values(), key=lambda v: v[0])]
 
 
-def cmd_report_tofu(args) -> int:
-    rows = collect(args.runs)
-    text = table(rows)
-    if args.output:
-        from unlearnkit.rundir import atomic_write_text
-
-        atomic_write_text(Path(args.output), text)
-        print(f"Wrote {args.output}")
-    print(text)
-    return 0
-
-
 def add_commands(subparsers):
     """``unlearnkit report tofu RUN...``; returns the ``report`` command's subparsers for the other tables."""
+    from unlearnkit.cliargs import add_table_command
+
     p = subparsers.add_parser("report", help="results tables made from run folders (report tofu RUN...)")
     sub = p.add_subparsers(dest="report_kind", required=True)
-    t = sub.add_parser("tofu", help="the TOFU table (forget quality, model utility, ...) from experiment folders",
-                       description="One row per model: every eval stage of the tofu suite in the experiment folders "
-                       "given (or eval stage folders / eval.json files), each once; a stage reused by several runs "
-                       "appears once.")
-    t.add_argument("runs", nargs="+", metavar="RUN")
-    t.add_argument("--output", "-o", help="also write the Markdown table to this file (atomically)")
-    t.set_defaults(func=cmd_report_tofu)
+    add_table_command(sub, "tofu", lambda runs: table(collect(runs)), "RUN",
+                      help="the TOFU table (forget quality, model utility, ...) from experiment folders",
+                      description="One row per model: every eval stage of the tofu suite in the experiment folders "
+                      "given (or eval stage folders / eval.json files), each once; a stage reused by several runs "
+                      "appears once.")
     return sub
