@@ -228,6 +228,25 @@ def test_shipped_judge_is_the_cross_encoder_with_its_provenance():
         assert not trained & ({normalise(p) for p, _, _ in rows} | {normalise(r) for _, r, _ in rows}), name
 
 
+def test_recorded_files_not_here_fall_back_to_this_installations_by_their_sha256():
+    import copy
+
+    from unlearnkit.judges.crosstrain import recorded_corpus
+
+    if not default_sources()["beavertails"].is_file():
+        pytest.skip("the shared judge data is not here")
+    meta = copy.deepcopy(_shipped())
+    # Paths of another checkout and another working directory: this installation's files are used.
+    meta["data"]["everyday"]["path"] = "/elsewhere/unlearnkit/assets/everyday_answers.jsonl"
+    meta["data"]["pku"]["path"] = "some/other/dir/pku_saferlhf_5k.json"
+    corpus = recorded_corpus(meta)
+    assert len(corpus["train"]) == meta["train_items"]
+    # The fallback is a file only when its content is the recorded one.
+    meta["data"]["everyday"]["sha256"] = "0" * 64
+    with pytest.raises(DataError, match="is not the everyday file this judge was trained on"):
+        recorded_corpus(meta)
+
+
 def test_shipped_judge_on_a_heldout_slice_agrees_with_its_recorded_figures():
     """40 held-out answers per set, scored now: each set's recorded accuracy lies in the slice's 95% interval."""
     from unlearnkit.judges.crosstrain import evaluate_encoder_judge

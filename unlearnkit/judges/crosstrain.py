@@ -147,8 +147,14 @@ def recorded_corpus(meta: dict, sources: dict | None = None) -> dict:
     from unlearnkit.judges.corpus import build_corpus, default_sources
 
     split = meta["split"]
-    recorded = {name: v["path"] for name, v in meta["data"].items()}
-    paths = {**{k: None for k in default_sources() if k not in recorded}, **recorded, **(sources or {})}
+    defaults = default_sources()
+    recorded = {}
+    for name, v in meta["data"].items():
+        # A recorded path that is not here (another checkout, another working directory, the package
+        # installed elsewhere) falls back to this installation's default file; the sha256 decides.
+        here = Path(v["path"]).expanduser()
+        recorded[name] = v["path"] if here.is_file() or name not in defaults else str(defaults[name])
+    paths = {**{k: None for k in defaults if k not in recorded}, **recorded, **(sources or {})}
     for name, path in paths.items():
         if name not in meta["data"] or path is None:
             continue
