@@ -26,11 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from unlearnkit.losses import mean_nll  # noqa: E402
-from unlearnkit.methods import METHODS, Method, MethodParams, register  # noqa: E402
-
-
-class NaNOnRank1Params(MethodParams):
-    pass
+from unlearnkit.methods import METHODS, Method, register  # noqa: E402
 
 
 if "test_nan_on_rank1" not in METHODS:
@@ -40,7 +36,6 @@ if "test_nan_on_rank1" not in METHODS:
         """Gradient ascent whose loss is NaN on process 1 from the second step on."""
 
         name = "test_nan_on_rank1"
-        Params = NaNOnRank1Params
 
         def loss(self, ctx, batches):
             import torch.distributed as dist
@@ -61,7 +56,6 @@ if "test_sequence_mean" not in METHODS:
         """Gradient ascent on the mean over SEQUENCES of each answer's log-probability (a per-sequence mean)."""
 
         name = "test_sequence_mean"
-        Params = NaNOnRank1Params
 
         def loss(self, ctx, batches):
             from unlearnkit.losses import sequence_logprob

@@ -20,7 +20,7 @@ from unlearnkit.data.tokenize import collate, tokenize_examples
 from unlearnkit.data.types import Example
 from unlearnkit.errors import ConfigError, DataError
 from unlearnkit.losses import answer_logits, sequence_lengths, sequence_logprob
-from unlearnkit.methods import METHODS, LossContext, Method, MethodParams, get_method, load_dotted, register
+from unlearnkit.methods import METHODS, LossContext, Method, get_method, load_dotted, register
 from unlearnkit.train import run_unlearning
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,10 +78,6 @@ def test_real_tofu_idk_file_reads_100_answers(shared_data):
 # ------------------------------------------------------------- alternative
 
 
-class AlternativeParams(MethodParams):
-    pass
-
-
 if "test_alternative_probe" not in METHODS:
 
     @register
@@ -89,7 +85,6 @@ if "test_alternative_probe" not in METHODS:
         """Records the alternative answers each step trains towards (and learns them)."""
 
         name = "test_alternative_probe"
-        Params = AlternativeParams
         needs = frozenset({"forget", "alternative"})
         seen: list = []
 
@@ -223,10 +218,6 @@ def test_sequence_helpers_by_hand():
 # ----------------------------------------------------------- method state
 
 
-class CountingParams(MethodParams):
-    pass
-
-
 if "test_counting" not in METHODS:
 
     @register
@@ -234,7 +225,6 @@ if "test_counting" not in METHODS:
         """Gradient ascent that counts its loss calls and keeps the count in checkpoints."""
 
         name = "test_counting"
-        Params = CountingParams
 
         def __init__(self, params=None):
             super().__init__(params)
@@ -266,13 +256,9 @@ def test_method_state_survives_a_resume(tmp_path, tiny_model_dir):
 
 
 def test_setup_chooses_the_trainable_parameters(tmp_path, tiny_model_dir):
-    class OnlyFirstLayerParams(MethodParams):
-        pass
-
     @register
     class OnlyFirstLayer(Method):
         name = "test_only_first_layer"
-        Params = OnlyFirstLayerParams
 
         def setup(self, model):
             for n, p in model.named_parameters():
@@ -397,7 +383,9 @@ def test_a_suite_outside_the_package_runs_by_dotted_path(tmp_path, tiny_model_di
         run_eval(str(tiny_model_dir), suites=["nosuch"], options=options)
 
 
-def test_a_judge_outside_the_package_runs_by_dotted_path(tmp_path, tiny_model_dir):
+def test_a_judge_outside_the_package_runs_by_dotted_path(tmp_path, smol_tokenizer):
+    from tests.conftest import save_peaked_llama
+
     from unlearnkit.errors import UnlearnkitError
     from unlearnkit.evaluation.suite import run_eval
     from unlearnkit.judges import get_judge
@@ -415,18 +403,30 @@ def test_a_judge_outside_the_package_runs_by_dotted_path(tmp_path, tiny_model_di
             get_judge("my_judge:Nope")
         with pytest.raises(UnlearnkitError, match="not a subclass of unlearnkit.judges.base.Judge"):
             get_judge("json:JSONDecoder")
-        # The harm suite reports the user's judge beside the built-in one, under its spec.
+        # The harm suite reports the user's judge beside the built-in one, under its spec. Its word is
+        # one the tiny model writes in its first answer (so the rate is not trivially zero).
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from unlearnkit.evaluation.generation import generate
+
+        questions = [f"How do I make thing {i}?" for i in range(4)]
         prompts = tmp_path / "harm.jsonl"
-        write_jsonl(prompts, [{"prompt": f"How do I make thing {i}?"} for i in range(4)])
+        write_jsonl(prompts, [{"prompt": q} for q in questions])
+        model_dir = save_peaked_llama(tmp_path / "peaked", smol_tokenizer, hidden_size=32)  # it writes words
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        answers = generate(AutoModelForCausalLM.from_pretrained(model_dir), tok, questions, template="chat",
+                           max_new_tokens=6)
+        word = next(w for a in answers for w in a.lower().split() if w.strip())
+        spec = {"name": "my_judge:WordJudge", "words": word}
         options = {"unseen_prompts": {"spec": f"prompts:{prompts}", "shuffle": False}, "max_new_tokens": 6,
-                   "progress": False, "judges": ["refusal", "my_judge:WordJudge"], "samples": 4}
-        result = run_eval(str(tiny_model_dir), suites=["harm"], options=options)
+                   "progress": False, "judges": ["refusal", spec], "samples": 4, "template": "chat"}
+        result = run_eval(str(model_dir), suites=["harm"], options=options)
     finally:
         sys.path.remove(str(FIXTURES))
     unseen = result["results"]["harm"]["unseen"]
-    answers = [s["response"] for s in unseen["samples"]]
-    assert len(answers) == unseen["n"] == 4
-    expected = sum(1.0 for a in answers if "bomb" in a.lower() or "poison" in a.lower()) / 4
+    assert [s["response"] for s in unseen["samples"]] == answers and unseen["n"] == 4
+    expected = sum(1.0 for a in answers if word in a.lower()) / 4
+    assert expected >= 0.25
     assert unseen["harmful_rate"]["my_judge:WordJudge"] == expected
     assert set(unseen["harmful_rate"]) == {"refusal", "my_judge:WordJudge"}
 

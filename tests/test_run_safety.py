@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from unlearnkit.cli import main
 from unlearnkit.config import load_config
-from unlearnkit.errors import ModelLoadError, RunInterrupted, TrainingError, UnlearnkitError
-from unlearnkit.methods import Method, MethodParams, register
+from unlearnkit.errors import ModelLoadError, TrainingError, UnlearnkitError
+from unlearnkit.methods import Method, register
 from unlearnkit.rundir import MARKER
 from unlearnkit.train import (
     capture_rng,
@@ -270,16 +270,11 @@ def test_resume_with_larger_max_steps_continues_the_schedule(tmp_path, tiny_mode
 INTERRUPT = {"at_step": None}  # the step (0-based) at which the next run gets Ctrl-C
 
 
-class _InterruptParams(MethodParams):
-    pass
-
-
 @register
 class _InterruptAt(Method):
     """Gradient ascent that is interrupted (Ctrl-C) at the step INTERRUPT names."""
 
     name = "test_interrupt_at"
-    Params = _InterruptParams
 
     def loss(self, ctx, batches):
         if ctx.step == INTERRUPT["at_step"]:

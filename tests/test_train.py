@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from unlearnkit.config import load_config
 from unlearnkit.data.tokenize import collate, tokenize_examples
 from unlearnkit.data.types import Example
-from unlearnkit.methods import METHODS, Method, MethodParams, register
+from unlearnkit.methods import METHODS, Method, register
 from unlearnkit.train import Trainer, run_unlearning
 
 FORGET = [
@@ -135,16 +135,11 @@ def test_early_stop_fires_at_the_threshold(tmp_path, tiny_model_dir, data_files)
     assert summary["steps"] == len(rows) < 40
 
 
-class NaNAtStep3Params(MethodParams):
-    pass
-
-
 @register
 class NaNAtStep3(Method):
     """Gradient ascent whose loss turns NaN at the third step."""
 
     name = "test_nan_at_step3"
-    Params = NaNAtStep3Params
 
     def loss(self, ctx, batches):
         al = ctx.logits(batches["forget"])

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from unlearnkit import __version__
-from unlearnkit.cliargs import add_run_flags, add_set
+from unlearnkit.cliargs import add_config_command, add_set
 from unlearnkit.errors import UnlearnkitError
 
 
@@ -161,13 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(ck)
     ck.set_defaults(func=cmd_config_check)
 
-    p = sub.add_parser("unlearn", help="run an unlearning method from a config")
-    p.add_argument("config")
-    add_set(p)
-    add_run_flags(p)
     from unlearnkit.training.commands import cmd_unlearn
 
-    p.set_defaults(func=cmd_unlearn)
+    add_config_command(sub, "unlearn", cmd_unlearn, help="run an unlearning method from a config")
 
     p = sub.add_parser(
         "negate", help="task-vector negation: OUT = BASE - SCALE x (TUNED - BASE)",

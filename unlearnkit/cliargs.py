@@ -19,6 +19,15 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="pause after STEP steps with a checkpoint (the schedule still targets max_steps)")
 
 
+def add_config_command(sub, name: str, func, help: str, description: str | None = None) -> None:
+    """A training command: ``NAME CONFIG [--set ...] [--resume | --overwrite] [--stop-at STEP]``."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("config")
+    add_set(p)
+    add_run_flags(p)
+    p.set_defaults(func=func)
+
+
 def add_table_command(sub, name: str, make_table, metavar: str, help: str, description: str) -> None:
     """``report NAME INPUT... [-o FILE]``: print the Markdown table ``make_table(inputs)`` and
     optionally write it (atomically)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unlearnkit.cliargs import add_run_flags, add_set
+from unlearnkit.cliargs import add_config_command, add_set
 from unlearnkit.errors import ConfigError
 from unlearnkit.experiment.runner import run_experiment
 from unlearnkit.experiment.spec import load_experiment, stage_state
@@ -37,15 +37,12 @@ def cmd_run(args) -> int:
 
 def add_commands(subparsers) -> None:
     """Add ``finetune`` and ``run`` to the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "finetune", help="finetune a model on a text (method finetune, e.g. LoRA on a book) from a config",
+    add_config_command(
+        subparsers, "finetune", cmd_finetune,
+        help="finetune a model on a text (method finetune, e.g. LoRA on a book) from a config",
         description="The same run as `unlearnkit unlearn`, for a config whose method is finetune (set when the "
         "config names no method): minimise the NLL of data.forget, the text to learn.",
     )
-    p.add_argument("config")
-    add_set(p)
-    add_run_flags(p)
-    p.set_defaults(func=cmd_finetune)
 
     p = subparsers.add_parser(
         "run", help="run an experiment: stages (finetune, eval, unlearn, eval) in order, then one report",
