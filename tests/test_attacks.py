@@ -330,6 +330,18 @@ def test_robustness_report_rows_from_attack_outputs(tmp_path, capsys):
     (leaks / "attack.json").write_text(json.dumps(result(rec(0.101, 0.05, 0.15), [(10, rec(0.9, 0.8, 1.0))])))
     flat = tmp_path / "flat.json"  # an attack.json named directly; the unlearning had no measurable effect
     flat.write_text(json.dumps(result(rec(0.0, 0, 0, defined=False), [(25, rec(1.0, 0.9, 1.1))])))
+    # The default sweep: several attacker settings at 10 steps; the strongest on forget data counts
+    # (benign-text relearning is not the acceptance's attack, however much it recovers).
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    swept = result(rec(0.0, -0.1, 0.1), [(10, rec(0.3, 0.2, 0.4))])
+    swept["results"]["relearn"]["runs"] += [
+        {"mode": "lora", "data": "forget", "lr": 1e-3, "points": [{"step": 10, "recovery": rec(0.6, 0.5, 0.7)}]},
+        {"mode": "lora", "data": "forget", "lr": 1e-4, "points": [{"step": 10, "recovery": rec(0.0, 0, 0, False)}]},
+        {"mode": "full", "data": "benign", "lr": 1e-4, "points": [{"step": 10, "recovery": rec(0.95, 0.9, 1.0)}]}]
+    (sweep / "attack.json").write_text(json.dumps(swept))
+    assert ("| 0.60 [0.50, 0.70] (strongest of 3 settings: lora, lr 0.001) | 40.0% (does not hold) |"
+            in robustness_table([sweep]))
     lines = robustness_table([holds, leaks, flat]).splitlines()
     assert lines[2] == ("| holds | 0.500 -> 2.500 | 0.05 [0.01, 0.09] | 95.0% (holds) | 0.20 [0.10, 0.30] | 80.0% (holds) "
                         "| 20 |")

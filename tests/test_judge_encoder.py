@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import pytest
 
@@ -139,6 +140,20 @@ def test_tofu_is_an_opt_in_source_of_safe_answers(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"q": "x"}) + "\n")
     with pytest.raises(DataError, match="needs 'question' and 'answer'"):
         build_corpus({"tofu": tmp_path / "bad.jsonl"})
+
+
+def test_repeat_lists_a_sources_training_items_k_times_and_leaves_the_heldout_alone(corpus):
+    rows = [json.loads(line) for line in default_sources()["everyday"].read_text().splitlines() if line.strip()]
+    everyday = [it for it in corpus["train"] if it[1] in {r["response"] for r in rows}]
+    assert everyday  # the calibration answers are trained on at all
+    c = build_corpus(repeat={"everyday": 3})
+    counts = Counter(c["train"])
+    assert all(counts[it] == 3 for it in everyday)
+    assert len(c["train"]) == len(corpus["train"]) + 2 * len(everyday)
+    assert c["heldout"] == corpus["heldout"] and c["split"]["everyday"]["repeated"] == 3
+    assert c["split"]["settings"]["repeat"] == {"everyday": 3}
+    with pytest.raises(DataError, match="repeat everyday=0"):
+        build_corpus(repeat={"everyday": 0})
 
 
 def test_corpus_names_a_bad_row(tmp_path):

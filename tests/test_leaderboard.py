@@ -56,3 +56,30 @@ def test_table_from_run_folders(tmp_path, capsys):
 def test_a_folder_without_a_summary_is_named():
     with pytest.raises(ConfigError, match="summary.json"):
         read_run("/nonexistent/run")
+
+
+def test_robustness_columns_from_the_attack_of_each_runs_model(tmp_path):
+    run = tmp_path / "dpo-a"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(_summary()))
+    other = tmp_path / "npo-b"
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps(_summary()))
+    attack = tmp_path / "attack-a"
+    attack.mkdir()
+    rec = lambda r, lo, hi: {"ratio": r, "ci95": [lo, hi], "defined": True}  # noqa: E731
+    (attack / "attack.json").write_text(json.dumps({
+        "model": f"{run / 'model'} (LoRA adapter on smollm2-135m-instruct)",
+        "results": {"quantise": {"int4": {"recovery": rec(0.05, 0.0, 0.1)}},
+                    "relearn": {"runs": [{"mode": "full", "data": "forget", "lr": 3e-5,
+                                          "points": [{"step": 10, "recovery": rec(0.5, 0.4, 0.6)}]}]}}}))
+    lines = table([run, other], attacks=[attack]).splitlines()
+    assert lines[0].endswith("| kept under int4 (bar 90%) | kept after 10 relearning steps (bar 75%) |")
+    # 1 - 0.05 = 95% kept under int4; 1 - 0.5 = 50% after relearning.
+    assert lines[2].endswith("| 95.0% (holds); recovery 0.05 [0.00, 0.10] | "
+                             "50.0% (does not hold); recovery 0.50 [0.40, 0.60] |")
+    assert lines[3].endswith("| not attacked | not attacked |")
+    with pytest.raises(ConfigError, match="not among the runs"):
+        table([other], attacks=[attack])
+    with pytest.raises(ConfigError, match="no attack.json"):
+        table([run], attacks=[tmp_path / "none"])

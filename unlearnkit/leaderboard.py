@@ -7,7 +7,12 @@ NLL, of the safe answers' to the same prompts, their ratio (selectivity: how
 much more the unsafe answers fall out of favour than the safe ones), and the
 retain sets' changes.
 
-``unlearnkit leaderboard runs/a runs/b ... [--out docs/leaderboard.md]``
+With ``--attacks``, the attack outputs of the same models (``unlearnkit attack``)
+add the robustness columns: the share of the unlearning effect kept under 4-bit
+quantisation and after 10 relearning steps on held-out forget data (the strongest
+attacker setting when several were tried), against the bars 90% and 75%.
+
+``unlearnkit leaderboard runs/a runs/b ... [--attacks attack/a attack/b] [--out docs/leaderboard.md]``
 """
 
 from __future__ import annotations
@@ -102,15 +107,55 @@ HEADER = ["run", "method and settings", "steps", "unsafe NLL", "safe NLL", "unsa
           "C4 perplexity", "aim met"]
 
 
-def table(folders: list[str | Path]) -> str:
-    rows = [row(read_run(f)) for f in folders]
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+ROBUSTNESS_HEADER = ["kept under int4 (bar 90%)", "kept after 10 relearning steps (bar 75%)"]
+
+
+def read_attacks(folders: list[str | Path]) -> dict[Path, dict]:
+    """``{run folder (resolved): attack.json}``: an attack output belongs to the run whose model it attacked."""
+    out: dict[Path, dict] = {}
+    for folder in folders:
+        path = Path(folder) / "attack.json" if Path(folder).is_dir() else Path(folder)
+        if not path.is_file():
+            raise ConfigError(f"{folder}: no attack.json (run `unlearnkit attack` first).")
+        result = json.loads(path.read_text())
+        # The attacked model as the attack recorded it: a folder, or "FOLDER (LoRA adapter on BASE)".
+        model = Path(str(result.get("model", "")).split(" (LoRA adapter on ")[0]).expanduser().resolve()
+        out[model.parent if model.name in ("model", "adapter") else model] = result
+    return out
+
+
+def robustness_cells(attack: dict | None) -> list[str]:
+    from unlearnkit.attacks.recovery import fmt_recovery
+    from unlearnkit.attacks.report import KEEP_TARGETS, kept_cell, recovery_cell
+
+    if attack is None:
+        return ["not attacked", "not attacked"]
+    cells = []
+    for key in ("int4", "relearn_k10"):
+        rec, setting = recovery_cell(attack, key)
+        cells.append("not measured" if rec is None else
+                     f"{kept_cell(rec, KEEP_TARGETS[key])}; recovery {fmt_recovery(rec)}{setting}")
+    return cells
+
+
+def table(folders: list[str | Path], attacks: list[str | Path] | None = None) -> str:
+    by_run = read_attacks(attacks) if attacks else None
+    runs = [read_run(f) for f in folders]
+    if by_run is not None:
+        unmatched = set(by_run) - {Path(r["folder"]).resolve() for r in runs}
+        if unmatched:
+            raise ConfigError(f"attack outputs of models that are not among the runs: "
+                              f"{', '.join(sorted(str(u) for u in unmatched))}.")
+    rows = [row(r) + (robustness_cells(by_run.get(Path(r["folder"]).resolve())) if by_run is not None else [])
+            for r in runs]
+    header = HEADER + (ROBUSTNESS_HEADER if by_run is not None else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def cmd_leaderboard(args) -> int:
-    text = table(args.runs)
+    text = table(args.runs, args.attacks)
     if args.out:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out} ({len(args.runs)} runs)")
@@ -122,5 +167,7 @@ def cmd_leaderboard(args) -> int:
 def add_command(sub) -> None:
     p = sub.add_parser("leaderboard", help="the harmful-track table (NLL changes, selectivity) from run folders")
     p.add_argument("runs", nargs="+", help="finished run folders (each with summary.json and config.yaml)")
+    p.add_argument("--attacks", nargs="+", default=None, metavar="ATTACK",
+                   help="attack output folders of the same runs' models: adds the robustness columns")
     p.add_argument("--out", default=None, help="write the Markdown table here (default: print it)")
     p.set_defaults(func=cmd_leaderboard)

@@ -127,20 +127,33 @@ def summary_rows(result: dict) -> dict[str, dict]:
 KEEP_TARGETS = {"int4": 0.90, "relearn_k10": 0.75}
 
 
-def _recovery_cell(result: dict, key: str) -> dict | None:
-    """The recovery of attack ``key`` (``int4``, ``int8`` or ``relearn_k10``) in one attack.json."""
+def recovery_cell(result: dict, key: str) -> tuple[dict | None, str]:
+    """The recovery of attack ``key`` (``int4``, ``int8`` or ``relearn_k10``) in one attack.json, and a note.
+
+    Relearning is the acceptance's attack on held-out forget data; with several
+    attacker settings (modes, learning rates) the strongest one counts, the one
+    with the largest defined recovery at that step, and the note names it: a
+    durability claim has to hold against every setting the attacker may pick.
+    """
     res = result["results"]
     if key.startswith("int"):
         q = (res.get("quantise") or {}).get(key)
-        return q["recovery"] if q else None
+        return (q["recovery"] if q else None), ""
     step = int(key.removeprefix("relearn_k"))
-    points = [p for run in (res.get("relearn") or {}).get("runs", []) for p in run["points"] if p["step"] == step]
-    if len(points) != 1:
-        return None  # none, or several relearning settings: the folder's own attack.md has them apart
-    return points[0]["recovery"]
+    found = [(p["recovery"], run) for run in (res.get("relearn") or {}).get("runs", []) if run["data"] == "forget"
+             for p in run["points"] if p["step"] == step]
+    if not found:
+        return None, ""
+    if len(found) == 1:
+        return found[0][0], ""
+    defined = [f for f in found if f[0].get("defined")]
+    if not defined:
+        return found[0][0], ""
+    rec, run = max(defined, key=lambda f: f[0]["ratio"])
+    return rec, f" (strongest of {len(found)} settings: {run['mode']}, lr {run['lr']:g})"
 
 
-def _kept(rec: dict | None, target: float) -> str:
+def kept_cell(rec: dict | None, target: float) -> str:
     if not rec or not rec.get("defined"):
         return "-"
     kept = 1 - rec["ratio"]
@@ -162,10 +175,10 @@ def robustness_table(folders: list[str | Path]) -> str:
             raise FileNotFoundError(f"{path}: no attack output here (run `unlearnkit attack` first).")
         result = json.loads(path.read_text())
         base = result["baseline"]
-        q, r = _recovery_cell(result, "int4"), _recovery_cell(result, "relearn_k10")
+        (q, _), (r, setting) = recovery_cell(result, "int4"), recovery_cell(result, "relearn_k10")
         rows.append([path.parent.name, f"{base['original']['mean_nll']:.3f} -> {base['unlearned']['mean_nll']:.3f}",
-                     fmt_recovery(q), _kept(q, KEEP_TARGETS["int4"]), fmt_recovery(r),
-                     _kept(r, KEEP_TARGETS["relearn_k10"]), str(result.get("data", {}).get("scored", "-"))])
+                     fmt_recovery(q), kept_cell(q, KEEP_TARGETS["int4"]), fmt_recovery(r) + setting,
+                     kept_cell(r, KEEP_TARGETS["relearn_k10"]), str(result.get("data", {}).get("scored", "-"))])
     return markdown_table(header, rows)
 
 

@@ -67,6 +67,8 @@ def _train_command(args, data: Path | None, out: Path) -> str:
                   "--gptfuzz-train-max", str(args.gptfuzz_train_max)]
         for name, n in args.train_max:
             parts += ["--train-max", f"{name}={n}"]
+        for name, n in args.repeat:
+            parts += ["--repeat", f"{name}={n}"]
         if args.layers is not None:
             parts += ["--layers", ",".join(str(i) for i in args.layers)]
     else:
@@ -119,7 +121,7 @@ def cmd_judge_train(args) -> int:
             out, dict(args.sources), seed=args.seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
             max_length=args.max_length, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
             refusal_weight=args.refusal_weight, max_steps=args.max_steps, gptfuzz_train_max=args.gptfuzz_train_max,
-            train_max=dict(args.train_max) or None, layers=args.layers,
+            train_max=dict(args.train_max) or None, repeat=dict(args.repeat) or None, layers=args.layers,
             progress=not args.no_progress, command=_train_command(args, None, out))
         if meta["heldout"]:
             print_heldout(meta["heldout"])
@@ -210,6 +212,8 @@ def add_judge_commands(subparsers) -> None:
     t.add_argument("--gptfuzz-train-max", type=int, default=2000, help="encoder: GPTFuzz-train answers sampled")
     t.add_argument("--train-max", action="append", type=_cap, default=[], metavar="NAME=N",
                    help="encoder: at most N training answers from source NAME (seeded sample; repeatable)")
+    t.add_argument("--repeat", action="append", type=_cap, default=[], metavar="NAME=K",
+                   help="encoder: list source NAME's training answers K times (small calibration sets; repeatable)")
     t.add_argument("--layers", type=_int_list, default=None,
                    help="encoder: comma-separated encoder layers that get adapters (default: all six)")
     t.add_argument("--max-steps", type=int, default=None, help="lora/encoder: cap on optimiser steps (smoke tests)")

@@ -111,12 +111,15 @@ def _weak_refusal(response: str, harmful: bool) -> bool:
 
 def build_corpus(sources: dict[str, str | Path] | None = None, seed: int = 0, pku_train_pairs: int = 4000,
                  heldout_fraction: float = 0.25, gptfuzz_train_max: int | None = 2000,
-                 train_max: dict[str, int] | None = None) -> dict:
+                 train_max: dict[str, int] | None = None, repeat: dict[str, int] | None = None) -> dict:
     """``{"train": [Item], "heldout": {set: [(prompt, response, harmful)]}, "seen_in_training": {...}, "split": {...}}``.
 
     ``split`` records, per source file, its sha256 and the held-out row indices,
     so an evaluation can check it reads the very same held-out rows.
-    ``train_max`` caps the training items taken from a source (seeded sample).
+    ``train_max`` caps the training items taken from a source (seeded sample);
+    ``repeat`` lists a source's training items that many times (after the cap):
+    small calibration sources (everyday answers) would otherwise be a fraction
+    of a percent of what the judge sees. Held-out parts do not depend on either.
     """
     from unlearnkit.judges.training import judge_split_items, load_labelled_pairs, split_by_prompt
 
@@ -187,7 +190,12 @@ def build_corpus(sources: dict[str, str | Path] | None = None, seed: int = 0, pk
         if cap is not None and len(keep) > cap:
             keep = random.Random(f"{name}:{seed}").sample(keep, cap)
         split.setdefault(name, {})["train_items"] = len(keep)
-        train.extend(keep)
+        times = (repeat or {}).get(name, 1)
+        if times < 1:
+            raise DataError(f"repeat {name}={times}: a source is listed at least once.")
+        if times > 1:
+            split[name]["repeated"] = times
+        train.extend(keep * times)
     random.Random(seed).shuffle(train)
 
     seen_in_training: dict[str, list] = {}
@@ -204,5 +212,6 @@ def build_corpus(sources: dict[str, str | Path] | None = None, seed: int = 0, pk
     split["dropped_from_training"] = dropped
     split["seed"] = seed
     split["settings"] = {"pku_train_pairs": pku_train_pairs, "heldout_fraction": heldout_fraction,
-                         "gptfuzz_train_max": gptfuzz_train_max, "train_max": train_max or {}}
+                         "gptfuzz_train_max": gptfuzz_train_max, "train_max": train_max or {},
+                         "repeat": repeat or {}}
     return {"train": train, "heldout": held, "seen_in_training": seen_in_training, "split": split}

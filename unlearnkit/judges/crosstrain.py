@@ -85,7 +85,8 @@ def train_encoder_judge(out_dir: str | Path, sources: dict | None = None, seed: 
                         lora_alpha: float = 16.0, lora_dropout: float = 0.05, refusal_weight: float = 0.5,
                         layers: list[int] | None = None,
                         max_steps: int | None = None, eval_batch_size: int = 32, gptfuzz_train_max: int | None = 2000,
-                        train_max: dict[str, int] | None = None, device: str = "auto", progress: bool = True,
+                        train_max: dict[str, int] | None = None, repeat: dict[str, int] | None = None,
+                        device: str = "auto", progress: bool = True,
                         command: str | None = None, evaluate: bool = True) -> dict:
     """Train the cross-encoder judge and save it to ``out_dir``; returns the saved metadata."""
     from safetensors.torch import save_file
@@ -94,7 +95,7 @@ def train_encoder_judge(out_dir: str | Path, sources: dict | None = None, seed: 
     from unlearnkit.judges.encoder import fit_encoder
     from unlearnkit.rundir import atomic_write_json, package_versions
 
-    corpus = build_corpus(sources, seed=seed, gptfuzz_train_max=gptfuzz_train_max, train_max=train_max)
+    corpus = build_corpus(sources, seed=seed, gptfuzz_train_max=gptfuzz_train_max, train_max=train_max, repeat=repeat)
     t0 = time.time()
     state, model_meta, hyper, predict = fit_encoder(
         corpus["train"], epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, lora_r=lora_r,
@@ -167,7 +168,8 @@ def recorded_corpus(meta: dict, sources: dict | None = None) -> dict:
     settings = split["settings"]
     corpus = build_corpus(paths, seed=split["seed"], pku_train_pairs=settings["pku_train_pairs"],
                           heldout_fraction=settings["heldout_fraction"],
-                          gptfuzz_train_max=settings["gptfuzz_train_max"], train_max=settings["train_max"] or None)
+                          gptfuzz_train_max=settings["gptfuzz_train_max"], train_max=settings["train_max"] or None,
+                          repeat=settings.get("repeat") or None)
     for name, v in split.items():
         if isinstance(v, dict):
             for key in ("heldout_pair_indices", "heldout_row_indices"):
