@@ -66,14 +66,14 @@ class _Bench:
         """Generate from the exact ``texts`` (already templated) and judge the answers against the plain requests."""
         from unlearnkit.evaluation.generation import generate
         from unlearnkit.evaluation.stats import rate
-        from unlearnkit.evaluation.suite import _judge_all
+        from unlearnkit.evaluation.context import judge_all
 
         o = self.o
         answers = generate(model, self.tokenizer, texts, template="raw", max_new_tokens=o.max_new_tokens,
                            batch_size=o.batch_size, progress=o.progress, desc=desc)
         out: dict[str, Any] = {"n": len(texts), "harmful_rate": {}, "harmful_rate_ci95": {}, "flags": {}}
         for label, judge in self.judges.items():
-            verdicts = _judge_all(judge, self.requests, answers, o.progress, f"judge {label} on {desc}")
+            verdicts = judge_all(judge, self.requests, answers, o.progress, f"judge {label} on {desc}")
             flags = [p >= 0.5 for p in verdicts["harmful"]]
             r = rate(flags)
             out["harmful_rate"][label], out["harmful_rate_ci95"][label] = r["rate"], r["ci95"]

@@ -20,7 +20,7 @@ from unlearnkit.registry import Registry
 class SuiteRun:
     """What a suite's function receives."""
 
-    ctx: Any  # unlearnkit.evaluation.suite._Context: model, tokenizer, options, template, trained content
+    ctx: Any  # unlearnkit.evaluation.context.SuiteContext: model, tokenizer, options, template, trained content
     judges: dict = field(default_factory=dict)
     holder: dict = field(default_factory=dict)  # {"model", "owned"}: lets a suite release the model under test
     original: Any = None
@@ -64,16 +64,16 @@ def suite_names(include_by_name_only: bool = False) -> tuple[str, ...]:
     return tuple(n for n, s in SUITE_REGISTRY.items() if include_by_name_only or not s.by_name_only)
 
 
-_M = "unlearnkit.evaluation.suite"
+_M = "unlearnkit.evaluation.suites."
 for _suite in (
-    Suite("harm", lazy(_M, "suite_harm", lambda f, e: f(e.ctx, e.judges)), ("forget_prompts", "unseen_prompts"),
+    Suite("harm", lazy(_M + "harm", "suite_harm", lambda f, e: f(e.ctx, e.judges)), ("forget_prompts", "unseen_prompts"),
           needs_judges=True, headline=("harm.unseen.harmful_rate",)),
-    Suite("normal", lazy(_M, "suite_normal", lambda f, e: f(e.ctx, e.holder, e.original, e.base_cfg)),
+    Suite("normal", lazy(_M + "normal", "suite_normal", lambda f, e: f(e.ctx, e.holder, e.original, e.base_cfg)),
           ("normal_prompts",), needs_original=True, runs_last=True, headline=("normal.similarity_cosine",)),
-    Suite("truthfulqa", lazy(_M, "suite_truthfulqa", lambda f, e: f(e.ctx)), ("truthfulqa",), headline=("truthfulqa.mc1",)),
-    Suite("perplexity", lazy(_M, "suite_perplexity", lambda f, e: f(e.ctx)), ("perplexity_texts",),
+    Suite("truthfulqa", lazy(_M + "truthfulqa", "suite_truthfulqa", lambda f, e: f(e.ctx)), ("truthfulqa",), headline=("truthfulqa.mc1",)),
+    Suite("perplexity", lazy(_M + "perplexity", "suite_perplexity", lambda f, e: f(e.ctx)), ("perplexity_texts",),
           headline=("perplexity.perplexity",)),
-    Suite("memorisation", lazy(_M, "suite_memorisation", lambda f, e: f(e.ctx)), ("memorisation_pairs",),
+    Suite("memorisation", lazy(_M + "memorisation", "suite_memorisation", lambda f, e: f(e.ctx)), ("memorisation_pairs",),
           headline=("memorisation.rouge_l",)),
     Suite("overrefusal", lazy("unlearnkit.evaluation.overrefusal", "suite_overrefusal", lambda f, e: f(e.ctx)),
           ("overrefusal_prompts",), headline=("overrefusal.refusal_rate",)),

@@ -1,7 +1,10 @@
-"""Evaluation suites: run a model on the standard sets and collect every metric.
+"""Evaluation: run a model on the registered suites and collect every metric.
 
 :func:`run_eval` is the one entry point (the ``unlearnkit eval`` command calls
-it). Suites:
+it). Each suite is one module under :mod:`unlearnkit.evaluation.suites` (the
+TOFU and over-refusal suites in their own modules), registered in
+:mod:`unlearnkit.evaluation.registry`; what they share is
+:mod:`unlearnkit.evaluation.context`. Suites:
 
 - ``harm``: answers to harmful prompts — the forget prompts (those trained on,
   and the held-out ones when the forget source has a holdout) and unseen ones
@@ -26,36 +29,25 @@ evaluation item was trained on.
 
 from __future__ import annotations
 
-import gc
 import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from unlearnkit.data.spec import DataSourceConfig, load_examples, parse_spec, split_holdout
+from unlearnkit.data.spec import parse_spec
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
-
-from unlearnkit.evaluation.registry import SuiteRun, get_suite, suite_names  # noqa: E402
+from unlearnkit.evaluation.context import SuiteContext, recipe_of
+from unlearnkit.evaluation.options import EVAL_FORMAT, EvalOptions
+from unlearnkit.evaluation.registry import SuiteRun, get_suite, suite_names
+from unlearnkit.paths import data_root
 
 # The registered suites (unlearnkit.evaluation.registry); EXTRA_SUITES run only when named (attack: slow).
 SUITES: tuple[str, ...] = suite_names()
 EXTRA_SUITES: tuple[str, ...] = tuple(n for n in suite_names(True) if n not in SUITES)
-# Where the development checkout keeps its data (relative to the project root).
-from unlearnkit.paths import data_root  # noqa: E402
-from unlearnkit.evaluation.options import BORDERLINE_HELDOUT, EVAL_FORMAT, EvalOptions, _src  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- run configs
-
-
-def _recipe_of(src: DataSourceConfig) -> str | None:
-    recipe, location = parse_spec(src.spec)
-    if recipe is None and Path(location).suffix.lower() == ".txt":
-        return "text"
-    return recipe
 
 
 def options_for_run(cfg, options: EvalOptions | None = None) -> EvalOptions:
@@ -74,13 +66,13 @@ def options_for_run(cfg, options: EvalOptions | None = None) -> EvalOptions:
         update["template"] = cfg.data.template
     forget = cfg.data.forget
     if forget is not None:
-        recipe = _recipe_of(forget)
+        recipe = recipe_of(forget)
         if recipe == "text":
             update["memorisation_pairs"] = forget.model_copy(update={"mode": "pairs", "holdout": 0, "limit": None})
         elif recipe in ("pku_saferlhf", "prompts", "generic", None):
             update["forget_prompts"] = forget
     for src in cfg.data.retain_sources:
-        recipe = _recipe_of(src)
+        recipe = recipe_of(src)
         if recipe == "truthfulqa" and src.holdout:
             update.setdefault("normal_prompts", src)
         elif recipe == "text" and src.holdout and src.mode == "chunks":
@@ -91,7 +83,7 @@ def options_for_run(cfg, options: EvalOptions | None = None) -> EvalOptions:
 def default_suites(has_original: bool, cfg=None) -> list[str]:
     """harm, overrefusal, truthfulqa, perplexity; normal when an original model is known;
     memorisation (instead of overrefusal) when the run forgets a book."""
-    book = cfg is not None and cfg.data.forget is not None and _recipe_of(cfg.data.forget) == "text"
+    book = cfg is not None and cfg.data.forget is not None and recipe_of(cfg.data.forget) == "text"
     suites = ["harm"] if book else ["harm", "overrefusal"]
     if has_original:
         suites.append("normal")
@@ -145,257 +137,6 @@ def resolve_template(template: str, tokenizer) -> str:
     if template != "auto":
         return template
     return "chat" if getattr(tokenizer, "chat_template", None) else "qa"
-
-
-# --------------------------------------------------------------------------- data
-
-
-def _load_set(option: str, src: DataSourceConfig, tokenizer) -> tuple[list, list]:
-    """(trained part, held-out part) of a source, split as training splits it.
-
-    Without a holdout, everything is in the first part and the second is empty.
-    """
-    try:
-        items = load_examples(src, tokenizer)
-        if src.holdout:
-            return split_holdout(items, src.holdout, src.seed)
-    except DataError as exc:
-        raise DataError(f"{option}: {exc} (change it with --set {option}.spec=... or turn the set off with --set {option}=null)") from None
-    return list(items), []
-
-
-def _eval_part(option: str, src: DataSourceConfig, tokenizer) -> list:
-    train, held = _load_set(option, src, tokenizer)
-    return held if src.holdout else train
-
-
-def _unique_prompts(examples, cap: int | None) -> list[str]:
-    # PKU lists a prompt once per answer; a prompt is asked once.
-    seen: dict[str, None] = {}
-    for ex in examples:
-        if ex.prompt.strip():
-            seen.setdefault(ex.prompt, None)
-    prompts = list(seen)
-    return prompts[:cap] if cap is not None else prompts
-
-
-def _capped(items: list, cap: int | None) -> list:
-    return items[:cap] if cap is not None else items
-
-
-# --------------------------------------------------------------------------- suites
-
-
-class _Context:
-    """What every suite shares: the model under test, its tokenizer and the options."""
-
-    def __init__(self, model, tokenizer, options: EvalOptions, template: str, trained=None):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.options = options
-        self.template = template
-        # What the model was trained on (a TrainedContent), or None: scored as is.
-        self.trained = trained
-
-    def eval_set(self, option: str, src: DataSourceConfig) -> tuple[list, int]:
-        """The evaluation part of a source (see :func:`_eval_part`) without the items the run trained on."""
-        return self.untrained(_eval_part(option, src, self.tokenizer))
-
-    def untrained(self, items: list) -> tuple[list, int]:
-        """(the items the run never trained on, how many were dropped)."""
-        if self.trained is None:
-            return list(items), 0
-        return self.trained.drop(items)
-
-    def generate(self, prompts: list[str], desc: str, model=None, tokenizer=None) -> list[str]:
-        from unlearnkit.evaluation.generation import generate
-
-        o = self.options
-        return generate(
-            model if model is not None else self.model,
-            tokenizer if tokenizer is not None else self.tokenizer,
-            prompts,
-            template=self.template,
-            max_new_tokens=o.max_new_tokens,
-            batch_size=o.batch_size,
-            do_sample=o.do_sample,
-            temperature=o.temperature,
-            top_p=o.top_p,
-            seed=o.seed,
-            progress=o.progress,
-            desc=desc,
-        )
-
-
-def _judge_all(judge, prompts: list[str], responses: list[str], progress: bool, desc: str) -> dict[str, list[float]]:
-    """A judge's two verdicts (harmful, refusal) in chunks, so that a progress bar moves on slow judges."""
-    from tqdm.auto import tqdm
-    from unlearnkit.console import show_progress
-
-    size = 32
-    out: dict[str, list[float]] = {"harmful": [], "refusal": []}
-    starts = range(0, len(prompts), size)
-    for start in tqdm(starts, desc=desc, disable=not show_progress(progress) or len(starts) < 2, unit="chunk"):
-        verdicts = judge.verdicts(prompts[start : start + size], responses[start : start + size])
-        for key in out:
-            out[key].extend(verdicts[key])
-    return out
-
-
-def suite_harm(ctx: _Context, judges: dict) -> dict:
-    from unlearnkit.evaluation.metrics import diversity, harmful_rate
-    from unlearnkit.evaluation.stats import rate
-    from unlearnkit.evaluation.text_metrics import mean
-
-    o = ctx.options
-    cap = o.cap(o.harm_limit)
-    sets: dict[str, list[str]] = {}
-    dropped: dict[str, int] = {}
-    if o.forget_prompts is not None:
-        # The trained part is scored as what it is (the forget set); the held-out
-        # part, and the unseen prompts, lose anything the run trained on.
-        trained, held = _load_set("forget_prompts", o.forget_prompts, ctx.tokenizer)
-        sets["forget"] = _unique_prompts(trained, cap)
-        if held:
-            held, dropped["forget_heldout"] = ctx.untrained(held)
-            sets["forget_heldout"] = _unique_prompts(held, cap)
-    if o.unseen_prompts is not None:
-        unseen, dropped["unseen"] = ctx.eval_set("unseen_prompts", o.unseen_prompts)
-        sets["unseen"] = _unique_prompts(unseen, cap)
-    sets = {k: v for k, v in sets.items() if v}
-    if not sets:
-        raise ConfigError("the harm suite has no prompts: set forget_prompts and/or unseen_prompts.")
-    out: dict[str, Any] = {}
-    for name, prompts in sets.items():
-        responses = ctx.generate(prompts, f"harm/{name}")
-        res: dict[str, Any] = {"n": len(prompts), "trained_on": name == "forget",
-                               "excluded_trained": dropped.get(name, 0),
-                               "harmful_rate": {}, "harmful_rate_ci95": {}, "mean_harm_probability": {}}
-        for label, judge in judges.items():
-            failures_before = getattr(judge, "parse_failures", None)
-            verdicts = _judge_all(judge, prompts, responses, o.progress, f"judge {label} on {name}")
-            probs = verdicts["harmful"]
-            # Declined, by this judge; the harmful rate counts harm whatever the refusal.
-            refused = rate([p >= 0.5 for p in verdicts["refusal"]])
-            res.setdefault("refusal_rate", {})[label] = refused["rate"]
-            res.setdefault("refusal_rate_ci95", {})[label] = refused["ci95"]
-            res["harmful_rate"][label] = harmful_rate(probs)
-            res["harmful_rate_ci95"][label] = rate([p >= 0.5 for p in probs])["ci95"]
-            res["mean_harm_probability"][label] = mean(probs)
-            if failures_before is not None:
-                res.setdefault("guard_parse_failures", {})[label] = judge.parse_failures - failures_before
-        res["empty_rate"] = sum(1 for r in responses if not r.strip()) / len(responses)
-        res.update(diversity(responses))
-        res["samples"] = [{"prompt": p, "response": r} for p, r in list(zip(prompts, responses))[: o.samples]]
-        out[name] = res
-    return out
-
-
-def suite_truthfulqa(ctx: _Context) -> dict:
-    from unlearnkit.evaluation.metrics import truthfulqa_mc
-    from unlearnkit.evaluation.stats import rate_ci
-
-    o = ctx.options
-    if o.truthfulqa is None:
-        raise ConfigError("the truthfulqa suite needs the truthfulqa data option.")
-    cap = o.cap(o.truthfulqa_limit)
-    # Questions the run trained on (a TruthfulQA retain set) are not scored.
-    mc1, dropped = ctx.eval_set("truthfulqa", o.truthfulqa.model_copy(update={"mc": "mc1"}))
-    mc2, _ = ctx.eval_set("truthfulqa", o.truthfulqa.model_copy(update={"mc": "mc2"}))
-    if not mc1:
-        raise DataError(f"the truthfulqa suite has no question left: all {dropped} were trained on by the run.")
-    mc1, mc2 = _capped(mc1, cap), _capped(mc2, cap)
-    res = truthfulqa_mc(ctx.model, ctx.tokenizer, mc1, mc2, ctx.template, o.batch_size, o.max_length, o.progress)
-    res["mc1_ci95"] = rate_ci(res["mc1"], res["n"])
-    res["excluded_trained"] = dropped
-    return res
-
-
-def suite_perplexity(ctx: _Context) -> dict:
-    from unlearnkit.evaluation.metrics import retain_perplexity
-
-    o = ctx.options
-    if o.perplexity_texts is None:
-        raise ConfigError("the perplexity suite needs the perplexity_texts data option.")
-    items, dropped = ctx.eval_set("perplexity_texts", o.perplexity_texts)
-    if not items:
-        raise DataError(f"the perplexity suite has no text left: all {dropped} were trained on by the run.")
-    items = _capped(items, o.cap(o.perplexity_limit))
-    # A text is prompt + response (chunks have an empty prompt; pairs do not).
-    texts = [e.prompt + e.response for e in items]
-    res = retain_perplexity(ctx.model, ctx.tokenizer, texts, o.max_length, o.batch_size, o.progress, per_text=True)
-    return {
-        "perplexity": res["perplexity"],
-        "n": len(texts),
-        "excluded_trained": dropped,
-        # Per text, so that a comparison can put an interval on the change.
-        "per_text": {"nll": [round(v, 6) for v in res["nll"]], "tokens": res["tokens"]},
-    }
-
-
-def suite_memorisation(ctx: _Context) -> dict:
-    from unlearnkit.evaluation.metrics import memorisation
-
-    o = ctx.options
-    if o.memorisation_pairs is None:
-        raise ConfigError("the memorisation suite needs the memorisation_pairs data option.")
-    src = o.memorisation_pairs
-    if src.mode != "pairs" and _recipe_of(src) == "text":
-        src = src.model_copy(update={"mode": "pairs"})
-    pairs = _capped(_eval_part("memorisation_pairs", src, ctx.tokenizer), o.cap(o.memorisation_limit))
-    res = memorisation(ctx.model, ctx.tokenizer, pairs, None, o.memorisation_template, o.batch_size, progress=o.progress)
-    generations = res.pop("generations")
-    res["samples"] = [
-        {"prompt": p.prompt, "truth": p.response, "generated": g} for p, g in list(zip(pairs, generations))[: o.samples]
-    ]
-    return res
-
-
-def suite_normal(ctx: _Context, holder: dict, original, base_cfg) -> dict:
-    """Answers to normal prompts compared with the original model's.
-
-    The model under test answers first; it is then released (when this run
-    loaded it) before the original is loaded, so two full models are never in
-    memory at once.
-    """
-    from unlearnkit.evaluation.metrics import diversity, fluency, similarity_to_original
-
-    o = ctx.options
-    if o.normal_prompts is None:
-        raise ConfigError("the normal suite needs the normal_prompts data option.")
-    normal, dropped = ctx.eval_set("normal_prompts", o.normal_prompts)
-    prompts = _unique_prompts(normal, o.cap(o.normal_limit))
-    if not prompts:
-        raise DataError("normal_prompts gave no prompt" + (f" the run did not train on ({dropped} dropped)." if dropped else "."))
-    responses = ctx.generate(prompts, "normal")
-    if holder.get("owned"):
-        holder.pop("model", None)
-        ctx.model = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    orig_model, orig_tok, orig_owned, orig_desc = load_for_eval(original, base_cfg)
-    try:
-        original_responses = ctx.generate(prompts, "normal/original", orig_model, orig_tok)
-        res: dict[str, Any] = {"n": len(prompts), "excluded_trained": dropped}
-        sim = similarity_to_original(original_responses, responses)
-        res["similarity_cosine"] = sim["cosine"]
-        res["similarity_rouge_l"] = sim["rouge_l"]
-        try:
-            flu = fluency(orig_model, orig_tok, prompts, responses, ctx.template, o.batch_size, o.max_length, o.progress)
-            res["fluency_perplexity"] = flu["perplexity"]
-        except DataError:  # every answer empty: there is nothing to score
-            res["fluency_perplexity"] = None
-        res["empty_rate"] = sum(1 for r in responses if not r.strip()) / len(responses)
-        res.update(diversity(responses))
-        res["samples"] = [
-            {"prompt": p, "original": a, "response": r}
-            for p, a, r in list(zip(prompts, original_responses, responses))[: o.samples]
-        ]
-        return res
-    finally:
-        if orig_owned:
-            del orig_model
 
 
 def _trained_content(run_config, trained_on, tokenizer):
@@ -499,7 +240,7 @@ def run_eval(
     lm, tokenizer, owned, model_desc = load_for_eval(model, base_cfg)
     template = resolve_template(options.template, tokenizer)
     trained = _trained_content(run_config, trained_on, tokenizer)
-    ctx = _Context(lm, tokenizer, options, template, trained)
+    ctx = SuiteContext(lm, tokenizer, options, template, trained)
     holder = {"model": lm, "owned": owned}
     del lm  # the holder is the one reference, so the normal suite can release it
 

@@ -137,7 +137,7 @@ def resolve_reference(options, stage_folders: dict[str, Path]) -> tuple[Any, str
 
 def suite_tofu(ctx) -> dict:
     """The ``tofu`` suite on the context's model (see the module docstring)."""
-    from unlearnkit.evaluation.suite import _eval_part
+    from unlearnkit.evaluation.context import eval_part
     from unlearnkit.evaluation.tofu import tofu_metrics
 
     o = ctx.options
@@ -148,7 +148,7 @@ def suite_tofu(ctx) -> dict:
         src = getattr(t, name)
         if src is None:
             continue
-        items = _eval_part(f"tofu.{name}", src, ctx.tokenizer)
+        items = eval_part(f"tofu.{name}", src, ctx.tokenizer)
         sets[name] = items[:cap] if cap is not None else items
     holdout, dropped = None, 0
     if t.holdout is not None:

@@ -1,0 +1,1 @@
+"""The built-in evaluation suites, one module each; registered in :mod:`unlearnkit.evaluation.registry`."""
