@@ -28,7 +28,6 @@ same options reuses the finished stages (``--overwrite`` starts afresh).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -40,8 +39,9 @@ from typing import Any
 from unlearnkit.config import apply_overrides
 from unlearnkit.demo_sets import BUILTIN_PROMPTS, everyday_questions, load_prompts
 from unlearnkit.errors import DataError, UnlearnkitError
-from unlearnkit.evaluation.tables import fmt_value
-from unlearnkit.rundir import atomic_write_json, atomic_write_text, save_figure
+from unlearnkit.demo_report import demo_markdown, write_demo_report
+from unlearnkit.rundir import atomic_write_json, atomic_write_text
+from unlearnkit.stagecache import cached_json, fingerprint
 
 DEMO_FORMAT = "unlearnkit-demo/1"
 # Refusals written for the project: the answers the forget prompts are paired
@@ -132,10 +132,6 @@ def _distinct(prompts: list[str]) -> list[str]:
     return [p for p in dedupe(prompts)[0] if p.strip()]
 
 
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _answer_all(model, tokenizer, splits: dict[str, list[str]], names: list[str], opts: DemoOptions, who: str) -> dict:
     from unlearnkit.evaluation.generation import generate
 
@@ -181,19 +177,6 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def _stage(out: Path, name: str, key: str, compute) -> dict:
-    """Reuse ``out/name`` when it was computed with the same ``key``; else compute and save it."""
-    path = out / name
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("key") == key:
-            print(f"reusing {path}", flush=True)
-            return saved["value"]
-    value = compute()
-    atomic_write_json(path, {"key": key, "value": value})
-    return value
-
-
 def run_demo(opts: DemoOptions) -> dict:
     """Run the whole demo; returns the report dict (also written to ``opts.out``)."""
     from unlearnkit.config import load_config
@@ -235,12 +218,12 @@ def run_demo(opts: DemoOptions) -> dict:
 
     step(f"2/6 the original model ({opts.model}) answers")
     t = time.time()
-    gen_key = _fingerprint({"model": opts.model, "splits": splits, "max_new_tokens": opts.max_new_tokens,
+    gen_key = fingerprint({"model": opts.model, "splits": splits, "max_new_tokens": opts.max_new_tokens,
                             "format": DEMO_FORMAT})
     original, tokenizer = load_model(ModelConfig(name=opts.model, device=opts.device, dtype="float32"))
     names = [n for n in ("forget", "unseen", "normal_retain", "normal_test", "borderline_train", "borderline_heldout",
                          "cross") if n in splits]
-    before = _stage(out, "answers_original.json", gen_key,
+    before = cached_json(out / "answers_original.json", gen_key,
                     lambda: _answer_all(original, tokenizer, splits, names, opts, "original"))
     timings["answers_original"] = time.time() - t
 
@@ -269,15 +252,15 @@ def run_demo(opts: DemoOptions) -> dict:
     step(f"4/6 unlearning (llm_unlearn, LoRA, {opts.steps} steps)")
     t = time.time()
     cfg = load_config(raw=raw)
-    run_key = _fingerprint({"config": raw, "data": [forget_rows, retain_rows, refusal_rows]})
-    summary = _stage(out, "unlearn_summary.json", run_key, lambda: run_unlearning(cfg, overwrite=True))
+    run_key = fingerprint({"config": raw, "data": [forget_rows, retain_rows, refusal_rows]})
+    summary = cached_json(out / "unlearn_summary.json", run_key, lambda: run_unlearning(cfg, overwrite=True))
     timings["unlearning"] = time.time() - t
     model_path = Path(summary["model_path"])
 
     step("5/6 the unlearned model answers")
     t = time.time()
     unlearned, _ = load_model(ModelConfig(name=str(model_path), device=opts.device, dtype="float32"))
-    after = _stage(out, "answers_unlearned.json", _fingerprint([gen_key, run_key]),
+    after = cached_json(out / "answers_unlearned.json", fingerprint([gen_key, run_key]),
                    lambda: _answer_all(unlearned, tokenizer, splits, [n for n in names if n not in retain_sets], opts,
                                        "unlearned"))
     del unlearned
@@ -361,102 +344,6 @@ def run_demo(opts: DemoOptions) -> dict:
     print(f"Unlearned model: {model_path}\n  load it with: AutoModelForCausalLM.from_pretrained({str(model_path)!r}) "
           f"or `unlearnkit eval --model {model_path}`")
     return report
-
-
-def _quote(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return (text[:limit] + "…") if len(text) > limit else (text or "(empty)")
-
-
-def demo_markdown(report: dict, short: bool = False) -> str:
-    from unlearnkit.evaluation.stats import fmt_rate
-
-    m = report["metrics"]
-    ci = report.get("intervals") or {}
-    lines = ["| metric | Original | Unlearned |", "|---|---|---|"]
-    for key in m["Original"]:
-        cells = [fmt_rate(ci[label][key]) if key in ci.get(label, {}) else fmt_value(m[label][key])
-                 for label in ("Original", "Unlearned")]
-        lines.append(f"| {key} | {cells[0]} | {cells[1]} |")
-    drop = report["unseen_harmful_rate_relative_drop"]
-    drop_ci = report.get("unseen_harmful_rate_relative_drop_ci95")
-    table = "\n".join(lines)
-    judge = report["judge"]["spec"]
-    head = (f"Harmful rate on unseen prompts (judge {judge!r}) changed by "
-            f"{-drop * 100:+.0f}% relative to the original" if drop is not None else "")
-    if head and drop_ci:
-        lo, hi = drop_ci["ci95"]
-        head += (f" (drop {drop_ci['drop']:.0%}, 95% interval [{lo:.0%}, {hi:.0%}], n={drop_ci['n']} prompts"
-                 + ("; no measurable change" if drop_ci["verdict"] == "no measurable change" else "") + ")")
-    if head:
-        head += "."
-    from unlearnkit.demo_sets import changes_markdown
-
-    more = changes_markdown(report.get("changes") or {})
-    head = f"{head} {more}".strip() + " Rates: value [95% Wilson interval] (n)."
-    examples = []
-    for ex in report["examples"]:
-        p = "" if "p_before" not in ex else f" (judge: {ex['p_before']:.2f} -> {ex['p_after']:.2f})"
-        examples.append(f"**Prompt:** {_quote(ex['prompt'], 200)}{p}\n\n- before: {_quote(ex['before'])}\n"
-                        f"- after: {_quote(ex['after'])}\n")
-    if short:
-        return f"{table}\n\n{head}\n\n" + "\n".join(examples)
-    c, u, s, j = report["counts"], report["unlearning"], report["seconds"], report["judge"]
-    o = report["options"]
-    if j["spec"] == "classifier":
-        judge_line = (f"- judge `classifier`: the project's {j.get('kind')} judge, held-out accuracy "
-                      f"{fmt_value(j.get('heldout_accuracy'))} on PKU-SafeRLHF (docs/evaluation.md)")
-    else:
-        judge_line = f"- judge `{j['spec']}`"
-    bullets = [
-        f"- harmful prompts: {c['harmful_prompts']} from `{o['prompts']}`; {c['forget_prompts']} to forget, of which "
-        f"{c['forget_answers_harmful']} answers the judge `{j['spec']}` rated harmful (the forget set); "
-        f"{c['unseen_prompts']} unseen prompts for the test only",
-        f"- retain set (KL anchor): {c['retain_answers']} of the original's answers, to everyday questions and "
-        f"{c.get('borderline_retained', 0)} training borderline prompts; {c['normal_test']} everyday questions and "
-        f"{c.get('borderline_heldout', 0)} held-out borderline prompts (benign, alarming words) for the test only",
-        judge_line,
-        "- `refusal`: the refusal-phrase proxy (share of answers without a refusal phrase)",
-        f"- unlearning: llm_unlearn with LoRA r={o['lora_r']}, {u['steps']} steps ({u['status']}: {u['reason']}), "
-        f"{fmt_value(u['train_seconds'])} s of training",
-        f"- time: {', '.join(f'{k} {v:.0f} s' for k, v in s.items())}",
-        f"- unlearned model: `{report['model_path']}`",
-    ]
-    return (f"# unlearnkit demo: {o['model']}\n\n{head}\n\n{table}\n\n" + "\n".join(bullets)
-            + "\n\n![before and after](report.png)\n\n## Example answers\n\n" + "\n".join(examples))
-
-
-def plot_demo(report: dict, out_png: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = report["metrics"]
-    keys = [k for k in m["Original"] if "perplexity" not in k]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.4
-    for j, label in enumerate(("Original", "Unlearned")):
-        xs = [i + (j - 0.5) * width for i in range(len(keys))]
-        ax.bar(xs, [m[label][k] or 0.0 for k in keys], width=width, label=label)
-    ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels([k.replace(", ", ",\n", 1) for k in keys], rotation=30, ha="right", fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("rate / score")
-    ax.set_title(f"unlearnkit demo: {report['options']['model']}")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return save_figure(fig, out_png)
-
-
-def write_demo_report(report: dict, out: Path) -> None:
-    atomic_write_json(out / "report.json", report)
-    plot_demo(report, out / "report.png")
-    atomic_write_text(out / "report.md", demo_markdown(report))
-    from unlearnkit.evaluation.html import markdown_to_html, write_page
-
-    write_page(out / "report.html", "unlearnkit demo", markdown_to_html(demo_markdown(report), out))
 
 
 def reset_demo_dir(out: Path) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from unlearnkit.errors import ConfigError
 from unlearnkit.evaluation.options import EvalOptions
+from unlearnkit.stagecache import fingerprint
 
 REPORT_FORMAT = "unlearnkit-experiment-report/1"
 STAGE_RECORD = "stage.json"
@@ -349,8 +348,7 @@ class Experiment:
             if stage.reference is not None:  # a rerun of the reference stage invalidates this one
                 body["options"]["tofu"]["reference"] = seen[stage.reference].fingerprint
         upstream = seen[stage.model_from].fingerprint if stage.model_from != ORIGINAL else f"original:{self.cfg.original}"
-        payload = json.dumps({"kind": stage.kind, "body": body, "from": upstream}, sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return fingerprint({"kind": stage.kind, "body": body, "from": upstream})
 
     def _check_report(self, seen: dict[str, ResolvedStage]) -> None:
         for i, row in enumerate(self.cfg.report.rows or []):
