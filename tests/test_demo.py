@@ -139,6 +139,13 @@ def test_demo_end_to_end_on_a_tiny_model(tmp_path, smol_tokenizer, capsys):
     refusals = [json.loads(line) for line in (out / "data" / "refusals.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in refusals] == [r["prompt"] for r in forget_rows]
     assert all(r["response"] in REFUSALS for r in refusals)
+    # The held-out counterpart for `unlearnkit attack --forget`: the original's harmful answers to the
+    # UNSEEN prompts, never trained on.
+    unseen_rows = [json.loads(line) for line in (out / "data" / "unseen_harmful.jsonl").read_text().splitlines()]
+    assert unseen_rows and all(r["prompt"] in splits["unseen"] and r["harm_probability"] >= 0.5 for r in unseen_rows)
+    for r in unseen_rows:
+        assert answers["unseen"][splits["unseen"].index(r["prompt"])] == r["response"]
+    assert not {r["prompt"] for r in unseen_rows} & {r["prompt"] for r in forget_rows}
 
     # The retain set holds the original's answers to the TRAINING borderline prompts, never a held-out one.
     from unlearnkit.data.audit import normalise

@@ -246,6 +246,12 @@ def run_demo(opts: DemoOptions) -> dict:
     _write_jsonl(data_dir / "forget.jsonl", forget_rows)
     _write_jsonl(data_dir / "retain.jsonl", retain_rows)
     _write_jsonl(data_dir / "refusals.jsonl", refusal_rows)
+    # The held-out counterpart of the forget set, never trained on: the original's answers to the
+    # unseen prompts that the judge rates harmful (what `unlearnkit attack --forget` scores; docs/demo.md).
+    _write_jsonl(data_dir / "unseen_harmful.jsonl",
+                 [{"prompt": p, "response": a, "harm_probability": round(q, 4)}
+                  for p, a, q in zip(splits["unseen"], before["unseen"], judged_before["unseen"][main_judge])
+                  if q >= 0.5 and a.strip()])
     print(f"forget set: {len(forget_rows)} answers rated harmful by the judge {main_judge!r} "
           f"(of {len(splits['forget'])}); retain set: {len(retain_rows)} of its answers (everyday and borderline)", flush=True)
 
