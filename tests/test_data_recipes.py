@@ -604,3 +604,36 @@ def test_an_option_of_another_recipe_is_refused_not_ignored():
     raw = {"model": {"name": "m"}, "data": {"forget": {"spec": "pku_saferlhf:x.json", "answers": "correct"}}}
     with pytest.raises(ConfigError, match=r"data\.forget.*answers is an option of the truthfulqa recipe"):
         load_config(raw=raw)
+
+
+def test_a_registered_recipe_loads_by_name_and_by_detection_with_its_own_options(tmp_path):
+    from pydantic import Field
+
+    from unlearnkit.data.registry import RECIPE_REGISTRY, Recipe, RecipeOptions, register_recipe
+
+    class ShoutOptions(RecipeOptions):
+        prompt_field: str = "prompt"  # shares the generic recipe's option (same type)
+
+    def shout(rows, o, tok, loc):
+        return [Example(row[o.prompt_field], row["reply"].upper(), {"row": i}) for i, row in enumerate(rows)]
+
+    path = tmp_path / "shout.jsonl"
+    path.write_text("".join(json.dumps({"ask": f"q{i}", "reply": f"answer {i}"}) + "\n" for i in range(3)))
+    register_recipe(Recipe("shout", shout, ShoutOptions, ((5, lambda keys, first, loc: "reply" in keys),)))
+    try:
+        named = load_examples(DataSourceConfig(spec=f"shout:{path}", prompt_field="ask", shuffle=False))
+        assert [(e.prompt, e.response) for e in named] == [("q0", "ANSWER 0"), ("q1", "ANSWER 1"), ("q2", "ANSWER 2")]
+        assert detect_recipe(load_rows(str(path)), str(path)) == "shout"
+        # An option the recipe does not declare is refused, naming its recipe.
+        with pytest.raises(ValueError, match="subset is an option of the pku_saferlhf recipe.*shout recipe"):
+            DataSourceConfig(spec=f"shout:{path}", subset="both")
+
+        class Clash(RecipeOptions):
+            prompt_field: int = Field(0)  # the same name as generic's, another type
+
+        with pytest.raises(ValueError, match="already the .* recipe's, of another type"):
+            register_recipe(Recipe("clash", shout, Clash))
+    finally:
+        RECIPE_REGISTRY.pop("shout", None)
+        RECIPE_REGISTRY.pop("clash", None)
+    assert "shout" not in RECIPES

@@ -14,11 +14,15 @@ where a bad row comes from.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
 
+from pydantic import Field
+
+from unlearnkit.data.registry import RECIPE_REGISTRY, Recipe, RecipeOptions, register_recipe
 from unlearnkit.data.rows import _answer_list, _field, _flag, _pick, _row, _text  # noqa: F401 (re-exported)
 from unlearnkit.data.sources import row_keys
-from unlearnkit.data.tofu_recipes import TOFU_FIELDS, answers, idk_examples, load_idk_answers, tofu  # noqa: F401
+from unlearnkit.data.tofu_recipes import TOFU_FIELDS, TofuOptions, answers, idk_examples, load_idk_answers, tofu  # noqa: F401
 from unlearnkit.data.types import Example, MCItem
 from unlearnkit.errors import DataError
 
@@ -421,15 +425,67 @@ def generic(
     ]
 
 
-# The recipes a spec may name as "RECIPE:PATH". Signatures differ (text needs a
-# tokenizer); unlearnkit.data.spec.load_examples passes each its options.
-RECIPES: dict[str, Callable[..., list]] = {
-    "pku_saferlhf": pku_saferlhf,
-    "truthfulqa": truthfulqa,
-    "truthfulqa_mc": truthfulqa_mc,
-    "text": text_recipe,
-    "prompts": prompts,
-    "generic": generic,
-    "tofu": tofu,
-    "answers": answers,
-}
+# --------------------------------------------------------------------------- registration
+
+
+class PkuOptions(RecipeOptions):
+    subset: Literal["unsafe", "safe", "both"] = "unsafe"
+
+
+class TruthfulQAOptions(RecipeOptions):
+    answers: Literal["best", "correct"] = "best"
+
+
+class TruthfulQAMCOptions(RecipeOptions):
+    mc: Literal["mc1", "mc2"] = "mc1"
+
+
+class TextOptions(RecipeOptions):
+    mode: Literal["chunks", "pairs"] = "chunks"
+    chunk_tokens: int = Field(256, ge=8)
+    prompt_tokens: int = Field(32, ge=1)
+    continuation_tokens: int = Field(32, ge=1)
+    stride: int | None = Field(None, ge=1)
+
+
+class PromptsOptions(RecipeOptions):
+    column: str | None = None
+
+
+class GenericOptions(RecipeOptions):
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+
+
+for _recipe in (
+    # Detection priorities: a .txt file is text; then the data sets' own schemas, most specific
+    # first; then the user's own prompt lists and pairs; a "text" column last.
+    Recipe("pku_saferlhf", lambda rows, o, tok, loc: pku_saferlhf(rows, o.subset, source=loc), PkuOptions,
+           ((10, lambda keys, first, loc: {"response_0", "response_1", "is_response_0_safe",
+                                           "is_response_1_safe"} <= keys),
+            (11, lambda keys, first, loc: "prompt" in keys and isinstance(first.get("response"), (list, tuple))
+             and len(first["response"]) == 2))),
+    Recipe("truthfulqa", lambda rows, o, tok, loc: truthfulqa(rows, o.answers, source=loc), TruthfulQAOptions,
+           ((30, lambda keys, first, loc: {"Question", "Best Answer"} <= keys or {"question", "best_answer"} <= keys),)),
+    Recipe("truthfulqa_mc", lambda rows, o, tok, loc: truthfulqa_mc(rows, o.mc, source=loc), TruthfulQAMCOptions,
+           ((20, lambda keys, first, loc: bool(keys & {"mc1_targets", "mc2_targets"})),)),
+    Recipe("text", lambda rows, o, tok, loc: text_recipe(
+               rows, tok, mode=o.mode, chunk_tokens=o.chunk_tokens, prompt_tokens=o.prompt_tokens,
+               continuation_tokens=o.continuation_tokens, stride=o.stride, source=loc),
+           TextOptions, ((0, lambda keys, first, loc: Path(loc).suffix.lower() == ".txt"),
+                         (90, lambda keys, first, loc: "text" in keys))),
+    Recipe("prompts", lambda rows, o, tok, loc: prompts(rows, o.column, source=loc), PromptsOptions,
+           ((50, lambda keys, first, loc: bool(keys & {"goal", "forbidden_prompt", "Behavior"})),
+            (60, lambda keys, first, loc: "prompt" in keys and "response" not in keys))),
+    Recipe("generic", lambda rows, o, tok, loc: generic(rows, o.prompt_field, o.response_field, source=loc),
+           GenericOptions, ((70, lambda keys, first, loc: "prompt" in keys and isinstance(first.get("response"), str)),)),
+    Recipe("tofu", lambda rows, o, tok, loc: tofu(rows, o.tofu_field, source=loc), TofuOptions,
+           # question and answer, and none of TruthfulQA's answer columns (TruthfulQA is tried first).
+           ((40, lambda keys, first, loc: {"question", "answer"} <= keys
+             and not keys & {"Best Answer", "best_answer", "Correct Answers", "correct_answers"}),)),
+    Recipe("answers", lambda rows, o, tok, loc: answers(loc), reads_own_file=True),
+):
+    register_recipe(_recipe)
+
+# The recipes a spec may name as "RECIPE:PATH", by name.
+RECIPES = RECIPE_REGISTRY

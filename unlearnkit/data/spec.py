@@ -13,22 +13,13 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, Union
+from typing import Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from unlearnkit.data.recipes import (
-    RECIPES,
-    answers,
-    generic,
-    pku_saferlhf,
-    prompts,
-    text_recipe,
-    tofu,
-    truthfulqa,
-    truthfulqa_mc,
-)
+from unlearnkit.data.recipes import RECIPES  # importing the recipes registers them
 from unlearnkit.data.audit import dedupe, drop_span_overlaps, group_key
+from unlearnkit.data.registry import RECIPE_REGISTRY, detection_rules
 from unlearnkit.data.sources import load_rows, row_keys
 from unlearnkit.data.types import Example, MCItem
 from unlearnkit.errors import DataError
@@ -36,40 +27,12 @@ from unlearnkit.errors import DataError
 Items = Union[list[Example], list[MCItem]]
 
 
-# The options only one recipe reads. Setting one (to other than its default) on a source read by
-# another recipe is an error (it would silently do nothing); the other options apply to every source.
-RECIPE_OPTIONS: dict[str, str] = {
-    "subset": "pku_saferlhf",
-    "answers": "truthfulqa",
-    "mc": "truthfulqa_mc",
-    "mode": "text", "chunk_tokens": "text", "prompt_tokens": "text", "continuation_tokens": "text", "stride": "text",
-    "column": "prompts",
-    "prompt_field": "generic", "response_field": "generic",
-    "tofu_field": "tofu",
-}
-
-
-class DataSourceConfig(BaseModel):
-    """One data source and the options of its recipe (RECIPE_OPTIONS: an option of another
-    recipe than the spec names is refused; with no recipe named, detection decides later)."""
+class _SourceOptions(BaseModel):
+    """What every source has, whatever its recipe."""
 
     model_config = ConfigDict(extra="forbid")
 
     spec: str  # "path", "RECIPE:PATH" or "RECIPE:hub-name"
-    subset: Literal["unsafe", "safe", "both"] = "unsafe"  # pku_saferlhf
-    answers: Literal["best", "correct"] = "best"  # truthfulqa
-    mc: Literal["mc1", "mc2"] = "mc1"  # truthfulqa_mc
-    mode: Literal["chunks", "pairs"] = "chunks"  # text
-    chunk_tokens: int = Field(256, ge=8)
-    prompt_tokens: int = Field(32, ge=1)
-    continuation_tokens: int = Field(32, ge=1)
-    stride: int | None = Field(None, ge=1)
-    column: str | None = None  # prompts
-    prompt_field: str = "prompt"  # generic
-    response_field: str = "response"  # generic
-    # tofu: what each example is; "answer" (question, answer), "paraphrased_answer",
-    # "paraphrased_question" or "perturbed_answer" (one example per wrong answer).
-    tofu_field: Literal["answer", "paraphrased_answer", "paraphrased_question", "perturbed_answer"] = "answer"
     hub_config: str | None = None
     hub_split: str = "train"
     # Further files (or hub configs of the same hub data set) read with this recipe and
@@ -85,18 +48,20 @@ class DataSourceConfig(BaseModel):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check_recipe_options(self) -> "DataSourceConfig":
+    def _check_recipe_options(self):
         prefix = self.spec.strip().split(":", 1)[0] if ":" in self.spec else None
-        if prefix not in RECIPES:
+        recipe = RECIPE_REGISTRY.get(prefix) if prefix else None
+        if recipe is None:
             return self  # no recipe named (a path, detected on load): nothing to check against
+        own = set(recipe.Options.model_fields)
         # A value other than the default: a dumped config (every field written out) still loads.
-        wrong = sorted(k for k, recipe in RECIPE_OPTIONS.items()
-                       if recipe != prefix and getattr(self, k) != type(self).model_fields[k].default)
+        wrong = sorted(k for k in recipe_option_owners() if k not in own
+                       and getattr(self, k) != type(self).model_fields[k].default)
         if wrong:
             key = wrong[0]
-            raise ValueError(f"{key} is an option of the {RECIPE_OPTIONS[key]} recipe; this source ({self.spec!r}) is "
-                             f"read with the {prefix} recipe, which does not use it. Remove it, or name the recipe "
-                             f"that reads it.")
+            raise ValueError(f"{key} is an option of the {recipe_option_owners()[key]} recipe; this source "
+                             f"({self.spec!r}) is read with the {prefix} recipe, which does not use it. Remove it, "
+                             f"or name the recipe that reads it.")
         return self
 
     @field_validator("holdout")
@@ -111,6 +76,26 @@ class DataSourceConfig(BaseModel):
         if isinstance(value, int) and value < 0:
             raise ValueError(f"holdout {value} must not be negative")
         return value
+
+
+
+def recipe_option_owners() -> dict[str, str]:
+    """Option name -> the (first) registered recipe whose options model declares it."""
+    owners: dict[str, str] = {}
+    for name, recipe in RECIPE_REGISTRY.items():
+        for key in recipe.Options.model_fields:
+            owners.setdefault(key, name)
+    return owners
+
+
+# One data source: the options every source has, and those of every registered recipe
+# (unlearnkit.data.registry), each with the default and checks of the recipe that declares it.
+DataSourceConfig = create_model(
+    "DataSourceConfig", __base__=_SourceOptions, __module__=__name__,
+    **{key: (field.annotation, field) for recipe in RECIPE_REGISTRY.values()
+       for key, field in recipe.Options.model_fields.items()})
+DataSourceConfig.__doc__ = ("One data source and the options of its recipe: an option of another recipe than the "
+                            "spec names is refused; with no recipe named, detection decides later.")
 
 
 # A one-letter prefix is a Windows drive ("C:\\data\\x.json"), never a recipe.
@@ -142,58 +127,25 @@ def parse_spec(spec: str) -> tuple[str | None, str]:
 
 
 def detect_recipe(rows: list[dict], location: str) -> str:
-    """The recipe a file's schema implies, or a DataError asking for RECIPE:PATH.
+    """The recipe a file's schema implies (each registered recipe's rules, by priority), or a
+    DataError asking for RECIPE:PATH.
 
     Beyond the listed data sets, a file with text ``prompt`` and ``response``
     fields is the user's own pairs (``generic``), and one with ``question`` and
     ``answer`` but no TruthfulQA column is read as TOFU (``tofu``).
     """
-    if Path(location).suffix.lower() == ".txt":
-        return "text"
+    keys = set(row_keys(rows)) if rows else set()
+    first = rows[0] if rows else {}
+    for _, name, rule in detection_rules():
+        if rule(keys, first, location):
+            return name
     if not rows:
         raise DataError(f"{location} has no rows, so its recipe cannot be told from its columns.")
-    keys = set(row_keys(rows))
-    first = rows[0]
-    if {"response_0", "response_1", "is_response_0_safe", "is_response_1_safe"} <= keys:
-        return "pku_saferlhf"
-    response = first.get("response")
-    if "prompt" in keys and isinstance(response, (list, tuple)) and len(response) == 2:
-        return "pku_saferlhf"
-    if "mc1_targets" in keys or "mc2_targets" in keys:
-        return "truthfulqa_mc"
-    if {"Question", "Best Answer"} <= keys or {"question", "best_answer"} <= keys:
-        return "truthfulqa"
-    if {"question", "answer"} <= keys and not keys & {"Best Answer", "best_answer", "Correct Answers", "correct_answers"}:
-        return "tofu"
-    if keys & {"goal", "forbidden_prompt", "Behavior"}:
-        return "prompts"
-    if "prompt" in keys and "response" not in keys:
-        return "prompts"
-    if "prompt" in keys and isinstance(response, str):
-        return "generic"
-    if "text" in keys:
-        return "text"
     raise DataError(
         f"cannot tell which recipe reads {location} from its columns "
         f"({', '.join(map(str, row_keys(rows))) or 'none'}); name one as RECIPE:PATH "
         f"with RECIPE one of {', '.join(RECIPES)}."
     )
-
-
-# How each recipe is called with a source's options: (rows, options, tokenizer, location) -> items.
-# A new recipe is a function in recipes.py, its name in RECIPES and one line here.
-LOADERS: dict[str, Callable[[list[dict], "DataSourceConfig", Any, str], list]] = {
-    "pku_saferlhf": lambda rows, cfg, tok, loc: pku_saferlhf(rows, cfg.subset, source=loc),
-    "truthfulqa": lambda rows, cfg, tok, loc: truthfulqa(rows, cfg.answers, source=loc),
-    "truthfulqa_mc": lambda rows, cfg, tok, loc: truthfulqa_mc(rows, cfg.mc, source=loc),
-    "text": lambda rows, cfg, tok, loc: text_recipe(
-        rows, tok, mode=cfg.mode, chunk_tokens=cfg.chunk_tokens, prompt_tokens=cfg.prompt_tokens,
-        continuation_tokens=cfg.continuation_tokens, stride=cfg.stride, source=loc),
-    "prompts": lambda rows, cfg, tok, loc: prompts(rows, cfg.column, source=loc),
-    "generic": lambda rows, cfg, tok, loc: generic(rows, cfg.prompt_field, cfg.response_field, source=loc),
-    "tofu": lambda rows, cfg, tok, loc: tofu(rows, cfg.tofu_field, source=loc),
-    "answers": lambda rows, cfg, tok, loc: answers(loc),  # reads its own file: one answer a line
-}
 
 
 def _also_rows(cfg: DataSourceConfig, recipe: str, location: str) -> list[dict]:
@@ -218,14 +170,13 @@ def _also_rows(cfg: DataSourceConfig, recipe: str, location: str) -> list[dict]:
 def load_examples(cfg: DataSourceConfig, tokenizer=None) -> Items:
     """Examples (or MC items) of one source: recipe, then shuffle and limit (no holdout)."""
     recipe, location = parse_spec(cfg.spec)
-    rows = [] if recipe == "answers" else load_rows(location, hub_config=cfg.hub_config, hub_split=cfg.hub_split)
+    reads_own = recipe is not None and RECIPE_REGISTRY[recipe].reads_own_file
+    rows = [] if reads_own else load_rows(location, hub_config=cfg.hub_config, hub_split=cfg.hub_split)
     if recipe is None:
         recipe = detect_recipe(rows, location)
     rows = list(rows) + _also_rows(cfg, recipe, location)
-    loader = LOADERS.get(recipe)
-    if loader is None:  # RECIPES and LOADERS must list the same names
-        raise DataError(f"recipe {recipe!r} is registered but has no loader; known: {', '.join(RECIPES)}.")
-    items: list = loader(rows, cfg, tokenizer, location)
+    entry = RECIPE_REGISTRY[recipe]
+    items: list = entry.load(rows, entry.options_of(cfg), tokenizer, location)
     if not items:
         raise DataError(f"{location} gave no examples with recipe {recipe!r}; check the file and its options.")
     if cfg.dedupe:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
+from unlearnkit.data.registry import RecipeOptions
 from unlearnkit.data.rows import _answer_list, _text
 from unlearnkit.data.types import Example
 from unlearnkit.errors import DataError
@@ -134,3 +135,13 @@ def idk_examples(examples: Sequence[Example], answers: Sequence[str], seed: int 
         raise DataError("idk_examples needs at least one refusal answer.")
     rng = random.Random(seed)
     return [Example(e.prompt, rng.choice(list(answers)), {**e.meta, "idk": True}) for e in examples]
+
+
+# --------------------------------------------------------------------------- registration
+
+
+class TofuOptions(RecipeOptions):
+    # What each example is: "answer" (question, answer), "paraphrased_answer",
+    # "paraphrased_question" or "perturbed_answer" (one example per wrong answer).
+    tofu_field: Literal["answer", "paraphrased_answer", "paraphrased_question", "perturbed_answer"] = "answer"
+
