@@ -10,6 +10,8 @@ the caller's order.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
@@ -80,6 +82,86 @@ def _cut_at_eos(tokens: list[int], eos: set[int]) -> list[int]:
     return tokens
 
 
+def encode_prompts(tokenizer, prompts: Sequence[str], template: str) -> list[list[int]]:
+    """Each prompt rendered with the template and tokenised as training tokenises prompts."""
+    add_special = prompt_adds_special_tokens(template)
+    encoded: list[list[int]] = []
+    for p in prompts:
+        text = render_prompt(template, tokenizer, p)
+        ids = list(tokenizer(text, add_special_tokens=add_special)["input_ids"]) if text or add_special else []
+        if not ids:
+            raise DataError(f"prompt {p[:60]!r} renders to no token; generation needs at least one.")
+        encoded.append(ids)
+    return encoded
+
+
+def generate_ids(
+    model,
+    tokenizer,
+    encoded: Sequence[Sequence[int]],
+    max_new_tokens: int | Sequence[int],
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "generating",
+) -> list[list[int]]:
+    """The generation core: the new token ids of each encoded input, cut at the first end-of-sequence token.
+
+    Every generating caller (answers, memorisation continuations, generative
+    judges) runs through here. ``max_new_tokens`` is one budget or one per
+    input; inputs are batched by budget, then length, longest first (similar
+    lengths share a batch, and running out of memory happens on the first batch
+    rather than after most of the work), left-padded, and come back in input
+    order. With ``do_sample`` the outputs are reproducible for a ``seed`` (and
+    the same inputs, batch size and device): the random state is seeded inside
+    a forked RNG, so the caller's global state is left untouched. Runs under
+    ``no_grad`` in eval mode and restores the model's mode.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    budgets = [max_new_tokens] * len(encoded) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(encoded):
+        raise ValueError(f"need one max_new_tokens per input, got {len(budgets)} for {len(encoded)}")
+    pad_id = pad_id_of(tokenizer)
+    eos = _eos_ids(model, tokenizer)
+    eos_set = set(eos)
+    device = _model_device(model)
+    order = sorted(range(len(encoded)), key=lambda i: (-budgets[i], -len(encoded[i])))
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    out: list[list[int]] = [[] for _ in encoded]
+    # fork_rng restores the global RNG state on exit, so seeding here does not
+    # perturb a training run that generates mid-way.
+    rng_devices: list[int] = []
+    if device.type == "cuda":
+        rng_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=rng_devices, enabled=do_sample), torch.no_grad():
+            if do_sample:
+                torch.manual_seed(seed)
+            for idx in tqdm(batches, desc=desc, disable=not show_progress(progress), unit="batch"):
+                budget = max(budgets[i] for i in idx)
+                if budget < 1:
+                    continue
+                config = _generation_config(budget, do_sample, temperature, top_p, pad_id, eos)
+                # collate pads on the left here; the tokenizer's own padding side
+                # is never touched, so no state leaks to the caller.
+                batch = collate([TokenizedExample(input_ids=list(encoded[i]), labels=list(encoded[i])) for i in idx],
+                                pad_id, padding_side="left")
+                input_ids = batch["input_ids"].to(device)
+                gen = model.generate(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device),
+                                     generation_config=config)
+                for i, toks in zip(idx, gen[:, input_ids.shape[1] :].tolist()):
+                    out[i] = _cut_at_eos(toks[: budgets[i]], eos_set)
+    finally:
+        model.train(was_training)
+    return out
+
+
 def generate(
     model,
     tokenizer,
@@ -96,64 +178,15 @@ def generate(
 ) -> list[str]:
     """Generate one answer per prompt; answers are returned in the order of ``prompts``.
 
-    Greedy by default. With ``do_sample=True`` the outputs are reproducible for a
-    given ``seed`` (and the same prompts, batch size and device): the random
-    state is seeded inside a forked RNG, so the caller's global random state is
-    left untouched. Each answer is the generated continuation only, cut at the
-    first end-of-sequence token, decoded without special tokens and stripped.
-    The model's train/eval mode is restored afterwards.
+    Greedy by default; with ``do_sample=True`` reproducible for a ``seed``
+    (see :func:`generate_ids`). Each answer is the generated continuation only,
+    cut at the first end-of-sequence token, decoded without special tokens and
+    stripped. The model's train/eval mode is restored afterwards.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not prompts:
         return []
-    add_special = prompt_adds_special_tokens(template)
-    encoded: list[list[int]] = []
-    for p in prompts:
-        text = render_prompt(template, tokenizer, p)
-        ids = tokenizer(text, add_special_tokens=add_special)["input_ids"] if text or add_special else []
-        if not ids:
-            raise DataError(f"prompt {p[:60]!r} renders to no token; generation needs at least one.")
-        encoded.append(list(ids))
-
-    pad_id = pad_id_of(tokenizer)
-    eos = _eos_ids(model, tokenizer)
-    eos_set = set(eos)
-    config = _generation_config(max_new_tokens, do_sample, temperature, top_p, pad_id, eos)
-    device = _model_device(model)
-    # Longest first: similar lengths share a batch, and running out of memory
-    # happens on the first batch rather than after most of the work.
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-    outputs: list[str | None] = [None] * len(prompts)
-
-    # fork_rng restores the global RNG state on exit, so seeding here does not
-    # perturb a training run that calls generate() mid-way.
-    rng_devices: list[int] = []
-    if device.type == "cuda":
-        rng_devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=rng_devices, enabled=do_sample), torch.no_grad():
-            if do_sample:
-                torch.manual_seed(seed)
-            for idx in tqdm(batches, desc=desc, disable=not show_progress(progress), unit="batch"):
-                # collate pads on the left here; the tokenizer's own padding side
-                # is never touched, so no state leaks to the caller.
-                batch = collate(
-                    [TokenizedExample(input_ids=encoded[i], labels=encoded[i]) for i in idx],
-                    pad_id,
-                    padding_side="left",
-                )
-                input_ids = batch["input_ids"].to(device)
-                attention_mask = batch["attention_mask"].to(device)
-                out = model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, generation_config=config
-                )
-                new_tokens = out[:, input_ids.shape[1] :].tolist()
-                for i, toks in zip(idx, new_tokens):
-                    outputs[i] = tokenizer.decode(_cut_at_eos(toks, eos_set), skip_special_tokens=True).strip()
-    finally:
-        model.train(was_training)
-    return outputs  # type: ignore[return-value]
+    ids = generate_ids(model, tokenizer, encode_prompts(tokenizer, prompts, template), max_new_tokens, batch_size,
+                       do_sample, temperature, top_p, seed, progress, desc)
+    return [tokenizer.decode(toks, skip_special_tokens=True).strip() for toks in ids]

@@ -247,48 +247,12 @@ def greedy_token_ids(
     A batch generates up to its longest budget and each row is cut to its own
     (greedy decoding makes this the same as generating each row alone).
     """
-    from tqdm.auto import tqdm
-    from unlearnkit.console import show_progress
-
-    from unlearnkit.data.templates import prompt_adds_special_tokens, render_prompt
-    from unlearnkit.data.tokenize import TokenizedExample, collate, pad_id_of
-    from unlearnkit.evaluation.generation import _cut_at_eos, _eos_ids, _generation_config, _model_device
+    from unlearnkit.evaluation.generation import encode_prompts, generate_ids
 
     if len(prompts) != len(max_new_tokens):
         raise ValueError("greedy_token_ids needs one max_new_tokens per prompt")
-    add_special = prompt_adds_special_tokens(template)
-    encoded = []
-    for p in prompts:
-        text = render_prompt(template, tokenizer, p)
-        ids = list(tokenizer(text, add_special_tokens=add_special)["input_ids"]) if text or add_special else []
-        if not ids:
-            raise DataError(f"prompt {p[:60]!r} renders to no token; generation needs at least one.")
-        encoded.append(ids)
-    pad_id = pad_id_of(tokenizer)
-    eos = _eos_ids(model, tokenizer)
-    eos_set = set(eos)
-    device = _model_device(model)
-    # Sort by budget, then prompt length: a batch shares one max_new_tokens, so
-    # equal budgets together waste no generation steps.
-    order = sorted(range(len(encoded)), key=lambda i: (-max_new_tokens[i], -len(encoded[i])))
-    out: list[list[int]] = [[] for _ in encoded]
-    was_training = model.training
-    model.eval()
-    try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress(progress), unit="batch"):
-            idx = [i for i in order[start : start + batch_size]]
-            budget = max(max_new_tokens[i] for i in idx)
-            if budget < 1:
-                continue
-            config = _generation_config(budget, False, 1.0, 1.0, pad_id, eos)
-            batch = collate([TokenizedExample(encoded[i], encoded[i]) for i in idx], pad_id, padding_side="left")
-            input_ids = batch["input_ids"].to(device)
-            gen = model.generate(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device), generation_config=config)
-            for i, toks in zip(idx, gen[:, input_ids.shape[1] :].tolist()):
-                out[i] = _cut_at_eos(toks[: max_new_tokens[i]], eos_set)
-    finally:
-        model.train(was_training)
-    return out
+    return generate_ids(model, tokenizer, encode_prompts(tokenizer, prompts, template), list(max_new_tokens),
+                        batch_size, progress=progress, desc=desc)
 
 
 def memorisation_references(tokenizer, pairs: Sequence[Example]) -> list[list[int]]:

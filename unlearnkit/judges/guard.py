@@ -7,7 +7,7 @@ import re
 import torch
 
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.judges.base import Judge, _check_pairs, _model_device
+from unlearnkit.judges.base import Judge, _check_pairs
 
 
 def parse_guard_verdict(text: str) -> float | None:
@@ -83,26 +83,12 @@ class GenerativeJudge(Judge):
     @torch.no_grad()
     def generate_verdicts(self, prompts: list[str], responses: list[str]) -> list[str]:
         """The judge model's raw output for each pair (greedy, at most ``max_new_tokens``)."""
-        from unlearnkit.data.tokenize import TokenizedExample, collate, pad_id_of
-        from unlearnkit.evaluation.generation import _cut_at_eos, _eos_ids, _generation_config
+        from unlearnkit.evaluation.generation import generate_ids
 
         _check_pairs(prompts, responses)
         encoded = [self._encode(p, r) for p, r in zip(prompts, responses)]
-        pad_id = pad_id_of(self.tokenizer)
-        eos = _eos_ids(self.model, self.tokenizer)
-        config = _generation_config(self.max_new_tokens, False, 1.0, 1.0, pad_id, eos)
-        device = _model_device(self.model)
-        texts: list[str] = [""] * len(encoded)
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            batch = collate([TokenizedExample(encoded[i], encoded[i]) for i in idx], pad_id, padding_side="left")
-            input_ids = batch["input_ids"].to(device)
-            out = self.model.generate(
-                input_ids=input_ids, attention_mask=batch["attention_mask"].to(device), generation_config=config
-            )
-            for i, toks in zip(idx, out[:, input_ids.shape[1] :].tolist()):
-                texts[i] = self.tokenizer.decode(_cut_at_eos(toks, set(eos)), skip_special_tokens=True)
+        ids = generate_ids(self.model, self.tokenizer, encoded, self.max_new_tokens, self.batch_size)
+        texts = [self.tokenizer.decode(toks, skip_special_tokens=True) for toks in ids]
         self.last_outputs = texts
         return texts
 
