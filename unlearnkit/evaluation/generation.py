@@ -162,31 +162,20 @@ def generate_ids(
     return out
 
 
-def generate(
-    model,
-    tokenizer,
-    prompts: list[str],
-    template: str = "chat",
-    max_new_tokens: int = 64,
-    batch_size: int = 8,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    progress: bool = True,
-    desc: str = "generating",
-) -> list[str]:
+def generate(model, tokenizer, prompts: list[str], template: str = "chat", max_new_tokens: int = 64,
+             batch_size: int = 8, progress: bool = True, desc: str = "generating", **sampling) -> list[str]:
     """Generate one answer per prompt; answers are returned in the order of ``prompts``.
 
-    Greedy by default; with ``do_sample=True`` reproducible for a ``seed``
-    (see :func:`generate_ids`). Each answer is the generated continuation only,
-    cut at the first end-of-sequence token, decoded without special tokens and
-    stripped. The model's train/eval mode is restored afterwards.
+    Greedy by default; ``sampling`` (``do_sample``, ``temperature``, ``top_p``,
+    ``seed``) as :func:`generate_ids` takes them, reproducible for a seed. Each
+    answer is the generated continuation only, cut at the first end-of-sequence
+    token, decoded without special tokens and stripped. The model's train/eval
+    mode is restored afterwards.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not prompts:
         return []
     ids = generate_ids(model, tokenizer, encode_prompts(tokenizer, prompts, template), max_new_tokens, batch_size,
-                       do_sample, temperature, top_p, seed, progress, desc)
+                       progress=progress, desc=desc, **sampling)
     return [tokenizer.decode(toks, skip_special_tokens=True).strip() for toks in ids]
