@@ -37,6 +37,7 @@ import numpy as np
 
 from unlearnkit.data.types import Example
 from unlearnkit.errors import DataError
+from unlearnkit.evaluation.metric_registry import Metric, MetricEnv, MetricRegistry
 from unlearnkit.evaluation.tofu_stats import (  # noqa: F401  (re-exported: part of the TOFU metrics)
     EPS,
     auc,
@@ -313,6 +314,122 @@ def _rouge(model, tokenizer, items: Sequence[Example], template: str, max_new_to
 TOFU_SETS = ("forget", "retain", "real_authors", "world_facts")
 _PREFIX = {"forget": "forget", "retain": "retain", "real_authors": "ra", "world_facts": "wf"}
 
+# --------------------------------------------------------------------------- the metrics and what they need
+#
+# Each figure is a registered metric (unlearnkit.evaluation.metric_registry) that declares what it
+# reads, so the answer losses of a set (one scoring pass for the answers, paraphrases and
+# perturbations) and its greedy answers are computed once for every figure that uses them.
+
+TOFU_METRICS = MetricRegistry()
+_SET_FIGURES: dict[str, list[str]] = {}  # set -> its figures, in report order
+
+
+def _given(name: str) -> Callable[[MetricEnv], bool]:
+    return lambda env: bool(env.inputs["sets"].get(name))
+
+
+def _losses(name: str) -> Callable[[MetricEnv], tuple]:
+    def compute(env: MetricEnv) -> tuple:
+        i = env.inputs
+        return _set_losses(i["model"], i["tokenizer"], list(i["sets"][name]), name, i["template"],
+                           name in ("forget", "retain"), i["max_length"], i["batch_size"])
+    return compute
+
+
+def _figure(name: str, column: str, needs: tuple[str, ...], compute: Callable[[MetricEnv], float]) -> None:
+    TOFU_METRICS.register(Metric(column, compute, needs, _given(name)))
+    _SET_FIGURES.setdefault(name, []).append(column)
+
+
+def _register_set(name: str) -> None:
+    p = _PREFIX[name]
+    paraphrased = name in ("forget", "retain")
+    losses, rouge = f"tofu.losses.{name}", f"tofu.rouge.{name}"
+    TOFU_METRICS.register(Metric(losses, _losses(name), available=_given(name)))
+
+    def generations(env: MetricEnv) -> list[float]:
+        i = env.inputs
+        scores, env.per_item[f"{p}_generations"] = _rouge(i["model"], i["tokenizer"], list(i["sets"][name]),
+                                                          i["template"], i["max_new_tokens"], i["batch_size"],
+                                                          i["stemmer"], i["progress"])
+        return scores
+
+    TOFU_METRICS.register(Metric(rouge, generations, available=_given(name)))
+
+    def prob(env: MetricEnv) -> float:
+        la = env.value(losses)[0]
+        # Per-item values of every figure, so that a report can put intervals on them.
+        env.per_item[f"{p}_Q_A_Prob"] = np.exp(-np.asarray(la, dtype=np.float64)).tolist()
+        return answer_probability(la)
+
+    _figure(name, f"{p}_Q_A_Prob", (losses,), prob)
+    if paraphrased:
+        _figure(name, f"{p}_Q_A_PARA_Prob", (losses,), lambda env: answer_probability(env.value(losses)[1]))
+        _figure(name, f"{p}_Q_A_PERT_Prob", (losses,), lambda env: float(
+            np.mean([np.mean(np.exp(-np.asarray(r))) for r in env.value(losses)[2]])))
+    else:
+        def normalised(env: MetricEnv) -> float:
+            la, _, lpert = env.value(losses)
+            value, env.per_item[f"{p}_Q_A_Prob_normalised"] = probability_with_options(la, lpert, env.inputs["eps"])
+            return value
+
+        _figure(name, f"{p}_Q_A_Prob_normalised", (losses,), normalised)
+    column = "forget_truth_ratio" if name == "forget" else f"{p}_Truth_Ratio"
+
+    def truth(env: MetricEnv) -> float:
+        la, lpara, lpert = env.value(losses)
+        ratios = truth_ratios(lpara if paraphrased else la, lpert, env.inputs["perturbed_mean"], env.inputs["eps"])
+        env.per_item[column] = ratios.tolist()
+        return closer_to_1_better(ratios, env.inputs["eps"]) if name == "forget" else true_better(ratios)
+
+    _figure(name, column, (losses,), truth)
+
+    def rouge_mean(env: MetricEnv) -> float:
+        scores = env.value(rouge)
+        env.per_item[f"{p}_Q_A_ROUGE"] = scores
+        return float(np.mean(scores))
+
+    _figure(name, f"{p}_Q_A_ROUGE", (rouge,), rouge_mean)
+
+
+for _name in TOFU_SETS:
+    _register_set(_name)
+
+
+def _ks(env: MetricEnv) -> dict:
+    if not env.inputs["sets"].get("forget"):
+        raise DataError("forget quality needs the forget set in sets.")
+    env.value("forget_truth_ratio")  # fills per_item["forget_truth_ratio"]
+    return forget_quality(env.per_item["forget_truth_ratio"], env.inputs["retain_truth_ratios"])
+
+
+def _mia(env: MetricEnv) -> tuple[list[float], list[float]]:
+    i = env.inputs
+    if not i["sets"].get("forget"):
+        raise DataError("the membership-inference AUC needs the forget set in sets.")
+    forget_items = [Example(e.prompt, e.meta.get("answer", e.response)) for e in i["sets"]["forget"]]
+    args = (i["template"], i["mia_attack"], i["mia_k"], i["max_length"], i["batch_size"])
+    fs = mia_scores(i["model"], i["tokenizer"], forget_items, *args)
+    hs = mia_scores(i["model"], i["tokenizer"], list(i["holdout"]), *args)
+    env.per_item["mia_forget_scores"], env.per_item["mia_holdout_scores"] = fs, hs
+    return fs, hs
+
+
+TOFU_METRICS.register(Metric("model_utility", lambda env: model_utility(env.report(MODEL_UTILITY_COLUMNS)),
+                             MODEL_UTILITY_COLUMNS,
+                             lambda env: all(env.inputs["sets"].get(n) for n in ("retain", "real_authors", "world_facts"))))
+_has_reference = lambda env: env.inputs["retain_truth_ratios"] is not None  # noqa: E731
+TOFU_METRICS.register(Metric("tofu.ks", _ks, ("forget_truth_ratio",), _has_reference))
+TOFU_METRICS.register(Metric("forget_quality", lambda env: env.value("tofu.ks")["pvalue"], ("tofu.ks",), _has_reference))
+TOFU_METRICS.register(Metric("forget_ks_statistic", lambda env: env.value("tofu.ks")["statistic"], ("tofu.ks",),
+                             _has_reference))
+_has_holdout = lambda env: bool(env.inputs["holdout"])  # noqa: E731
+TOFU_METRICS.register(Metric("tofu.mia", _mia, available=_has_holdout))
+TOFU_METRICS.register(Metric("mia_auc", lambda env: mia_auc(*env.value("tofu.mia")), ("tofu.mia",), _has_holdout))
+TOFU_METRICS.register(Metric("privleak", lambda env: privleak(
+    env.value("mia_auc"), 0.5 if env.inputs["retain_mia_auc"] is None else env.inputs["retain_mia_auc"]),
+    ("mia_auc",), _has_holdout))
+
 
 def tofu_metrics(
     model,
@@ -362,52 +479,17 @@ def tofu_metrics(
     unknown = set(sets) - set(TOFU_SETS)
     if unknown:
         raise DataError(f"unknown TOFU set(s) {', '.join(sorted(unknown))}; known: {', '.join(TOFU_SETS)}.")
+    env = MetricEnv(TOFU_METRICS, model=model, tokenizer=tokenizer, sets=sets, template=template,
+                    retain_truth_ratios=retain_truth_ratios, holdout=holdout, retain_mia_auc=retain_mia_auc,
+                    mia_attack=mia_attack, mia_k=mia_k, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    max_length=max_length, perturbed_mean=perturbed_mean, eps=eps, stemmer=stemmer, progress=progress)
     out: dict = {}
-    per_item: dict = {}
     for name in TOFU_SETS:
-        items = list(sets.get(name) or [])
-        if not items:
-            continue
-        p = _PREFIX[name]
-        paraphrased = name in ("forget", "retain")
-        la, lpara, lpert = _set_losses(model, tokenizer, items, name, template, paraphrased, max_length, batch_size)
-        out[f"{p}_Q_A_Prob"] = answer_probability(la)
-        # Per-item values of every figure, so that a report can put intervals on them.
-        per_item[f"{p}_Q_A_Prob"] = np.exp(-np.asarray(la, dtype=np.float64)).tolist()
-        if paraphrased:
-            out[f"{p}_Q_A_PARA_Prob"] = answer_probability(lpara)
-            out[f"{p}_Q_A_PERT_Prob"] = float(np.mean([np.mean(np.exp(-np.asarray(r))) for r in lpert]))
-        else:
-            out[f"{p}_Q_A_Prob_normalised"], per_item[f"{p}_Q_A_Prob_normalised"] = probability_with_options(la, lpert, eps)
-        ratios = truth_ratios(lpara if paraphrased else la, lpert, perturbed_mean, eps)
-        if name == "forget":
-            out["forget_truth_ratio"] = closer_to_1_better(ratios, eps)
-            per_item["forget_truth_ratio"] = ratios.tolist()
-        else:
-            out[f"{p}_Truth_Ratio"] = true_better(ratios)
-            per_item[f"{p}_Truth_Ratio"] = ratios.tolist()
-        rouge, per_item[f"{p}_generations"] = _rouge(model, tokenizer, items, template, max_new_tokens, batch_size,
-                                                     stemmer, progress)
-        out[f"{p}_Q_A_ROUGE"], per_item[f"{p}_Q_A_ROUGE"] = float(np.mean(rouge)), rouge
-    if all(sets.get(n) for n in ("retain", "real_authors", "world_facts")):
-        out["model_utility"] = model_utility(out)
-    else:
-        out["model_utility"] = None
-    out["forget_quality"] = out["forget_ks_statistic"] = None
-    if retain_truth_ratios is not None:
-        if "forget_truth_ratio" not in per_item:
-            raise DataError("forget quality needs the forget set in sets.")
-        ks = forget_quality(per_item["forget_truth_ratio"], retain_truth_ratios)
-        out["forget_quality"], out["forget_ks_statistic"] = ks["pvalue"], ks["statistic"]
-    out["mia_auc"] = out["privleak"] = None
-    if holdout:
-        if not sets.get("forget"):
-            raise DataError("the membership-inference AUC needs the forget set in sets.")
-        forget_items = [Example(e.prompt, e.meta.get("answer", e.response)) for e in sets["forget"]]
-        fs = mia_scores(model, tokenizer, forget_items, template, mia_attack, mia_k, max_length, batch_size)
-        hs = mia_scores(model, tokenizer, list(holdout), template, mia_attack, mia_k, max_length, batch_size)
-        out["mia_auc"] = mia_auc(fs, hs)
-        per_item["mia_forget_scores"], per_item["mia_holdout_scores"] = fs, hs
-        out["privleak"] = privleak(out["mia_auc"], 0.5 if retain_mia_auc is None else retain_mia_auc)
-    out["per_item"] = per_item
+        if sets.get(name):
+            out.update(env.report(_SET_FIGURES[name]))
+    # Every other registered figure (model utility, forget quality, ..., and any registered later);
+    # "tofu." names are intermediate values, not columns.
+    per_set = {c for cols in _SET_FIGURES.values() for c in cols}
+    out.update(env.report([n for n in TOFU_METRICS if not n.startswith("tofu.") and n not in per_set]))
+    out["per_item"] = env.per_item
     return out
