@@ -18,7 +18,7 @@ from pydantic import Field
 
 from unlearnkit.methods.registry import register
 from unlearnkit.methods.sequence_terms import (
-    ForgetRetainMethod, RetainTermParams, forget_nll_value, has_answer, sequence_logprob, sequence_mean,
+    ForgetRetainMethod, RetainTermParams, has_answer, sequence_logprob, sequence_mean,
 )
 
 
@@ -37,13 +37,9 @@ class NPO(ForgetRetainMethod):
     Params = NPOParams
     needs_reference = True
 
-    def forget_objective(self, ctx, batches):
-        p = self.params
-        batch = batches["forget"]
-        al = ctx.logits(batch)
+    def forget_value(self, ctx, batch, al):
         ref = ctx.reference(batch)
         logp, ref_logp = sequence_logprob(al), sequence_logprob(ref).detach()
-        forget = sequence_mean(ctx, batch, npo_loss(logp, ref_logp, p.beta), has_answer(al))
-        terms = {"npo": forget.item(), "forget_nll": forget_nll_value(ctx, batch, al).item(),
-                 "log_ratio": float(((logp - ref_logp).detach() * has_answer(al)).sum() / has_answer(al).sum().clamp(min=1))}
-        return forget, terms
+        forget = sequence_mean(ctx, batch, npo_loss(logp, ref_logp, self.params.beta), has_answer(al))
+        log_ratio = ((logp - ref_logp).detach() * has_answer(al)).sum() / has_answer(al).sum().clamp(min=1)
+        return forget, {"npo": forget.item(), "log_ratio": float(log_ratio)}

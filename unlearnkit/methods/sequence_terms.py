@@ -76,7 +76,9 @@ def _has_retain(params: RetainTermParams) -> bool:
 class ForgetRetainMethod(Method):
     """A method whose loss is a forget objective plus the optional retain term.
 
-    Subclasses define ``forget_objective(ctx, batches) -> (value, terms)``.
+    Subclasses define ``forget_value(ctx, batch, al) -> (value, terms)`` on the forget batch and
+    its answer logits (the logged terms get the forget NLL added), or, for a loss that reads other
+    batches too, ``forget_objective(ctx, batches) -> (value, terms)`` itself.
     """
 
     Params = RetainTermParams
@@ -88,6 +90,12 @@ class ForgetRetainMethod(Method):
         return self.needs if _has_retain(self.params) else self.needs - {"retain"}
 
     def forget_objective(self, ctx: LossContext, batches: dict[str, dict]) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = batches["forget"]
+        al = ctx.logits(batch)
+        value, terms = self.forget_value(ctx, batch, al)
+        return value, {**terms, "forget_nll": forget_nll_value(ctx, batch, al).item()}
+
+    def forget_value(self, ctx: LossContext, batch: dict, al: AnswerLogits) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def loss(self, ctx, batches):

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from unlearnkit.methods.registry import register
 from unlearnkit.methods.sequence_terms import (
-    ForgetRetainMethod, RetainTermParams, forget_nll_value, has_answer, sequence_lengths, sequence_logprob,
+    ForgetRetainMethod, RetainTermParams, has_answer, sequence_lengths, sequence_logprob,
     sequence_mean,
 )
 
@@ -43,11 +43,8 @@ class SimNPO(ForgetRetainMethod):
     Params = SimNPOParams
     needs_reference = False
 
-    def forget_objective(self, ctx, batches):
+    def forget_value(self, ctx, batch, al):
         p = self.params
-        batch = batches["forget"]
-        al = ctx.logits(batch)
         per_seq = simnpo_loss(sequence_logprob(al), sequence_lengths(al), p.beta, p.gamma)
         forget = sequence_mean(ctx, batch, per_seq, has_answer(al))
-        terms = {"simnpo": forget.item(), "forget_nll": forget_nll_value(ctx, batch, al).item()}
-        return forget, terms
+        return forget, {"simnpo": forget.item()}

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from unlearnkit.losses import kl_reference_current
 from unlearnkit.methods.registry import register
-from unlearnkit.methods.sequence_terms import ForgetRetainMethod, RetainTermParams, forget_nll_value
+from unlearnkit.methods.sequence_terms import ForgetRetainMethod, RetainTermParams
 
 
 def lowered_logits(reference_logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -39,12 +39,8 @@ class UNDIAL(ForgetRetainMethod):
     Params = UNDIALParams
     needs_reference = True
 
-    def forget_objective(self, ctx, batches):
-        p = self.params
-        batch = batches["forget"]
-        al = ctx.logits(batch)
-        target = lowered_logits(ctx.reference(batch).logits.detach(), al.targets, p.gamma)
+    def forget_value(self, ctx, batch, al):
+        target = lowered_logits(ctx.reference(batch).logits.detach(), al.targets, self.params.gamma)
         # KL(q || current), token mean over the answer tokens (the shared KL, with q as the reference).
         forget = kl_reference_current(target, al.logits, al.mask, ctx.normaliser(batch, al.mask))
-        terms = {"undial_kl": forget.item(), "forget_nll": forget_nll_value(ctx, batch, al).item()}
-        return forget, terms
+        return forget, {"undial_kl": forget.item()}
