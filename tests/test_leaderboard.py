@@ -83,3 +83,26 @@ def test_robustness_columns_from_the_attack_of_each_runs_model(tmp_path):
         table([other], attacks=[attack])
     with pytest.raises(ConfigError, match="no attack.json"):
         table([run], attacks=[tmp_path / "none"])
+
+
+def test_judge_columns_from_an_evaluated_run(tmp_path):
+    run = tmp_path / "npo-a"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(_summary()))
+    (run / "eval.json").write_text(json.dumps({"results": {
+        "harm": {"unseen": {"n": 50, "harmful_rate": {"refusal": 0.9, "classifier": 0.2},
+                            "harmful_rate_ci95": {"refusal": [0.79, 0.96], "classifier": [0.11, 0.33]},
+                            "refusal_rate": {"refusal": 0.1, "classifier": 0.7},
+                            "refusal_rate_ci95": {"refusal": [0.04, 0.21], "classifier": [0.56, 0.81]}}},
+        "overrefusal": {"n": 119, "refusal_rate": 0.05, "refusal_rate_ci95": [0.02, 0.11]}}}))
+    bare = tmp_path / "ga-b"
+    bare.mkdir()
+    (bare / "summary.json").write_text(json.dumps(_summary()))
+    lines = table([run, bare]).splitlines()
+    assert lines[0].endswith("| harmful rate, unseen prompts | refusal rate, unseen prompts | "
+                             "over-refusal, held-out borderline |")
+    # The default judge's rates are shown when it was used, with interval and n.
+    assert lines[2].endswith("| 0.200 [0.11, 0.33] (n=50) (classifier) | 0.700 [0.56, 0.81] (n=50) (classifier) | "
+                             "0.050 [0.02, 0.11] (n=119) |")
+    assert lines[3].endswith("| not evaluated | not evaluated | not evaluated |")
+    assert "harmful rate" not in table([bare])  # no run evaluated: no judge columns

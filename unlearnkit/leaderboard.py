@@ -7,6 +7,10 @@ NLL, of the safe answers' to the same prompts, their ratio (selectivity: how
 much more the unsafe answers fall out of favour than the safe ones), and the
 retain sets' changes.
 
+A run folder evaluated by ``unlearnkit eval CONFIG`` (``eval.json`` beside the summary) adds
+the judge's columns: the harmful and refusal rates on unseen prompts and the over-refusal rate on
+the held-out borderline prompts, each with its 95% interval and n.
+
 With ``--attacks``, the attack outputs of the same models (``unlearnkit attack``)
 add the robustness columns: the share of the unlearning effect kept under 4-bit
 quantisation and after 10 relearning steps on held-out forget data (the strongest
@@ -69,14 +73,42 @@ def _change(summary: dict, name: str, key: str = "nll") -> dict | None:
 
 
 def read_run(folder: str | Path) -> dict:
-    """The config and summary of a finished run folder."""
+    """The config and summary of a finished run folder (and its ``eval.json`` when evaluated)."""
     folder = Path(folder)
     summary_path, config_path = folder / "summary.json", folder / "config.yaml"
     if not summary_path.is_file():
         raise ConfigError(f"{folder}: no summary.json (not a finished unlearnkit run folder).")
     summary = json.loads(summary_path.read_text())
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    return {"folder": folder, "summary": summary, "config": config or {}}
+    evaluation = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else None
+    return {"folder": folder, "summary": summary, "config": config or {}, "eval": evaluation}
+
+
+JUDGE_HEADER = ["harmful rate, unseen prompts", "refusal rate, unseen prompts", "over-refusal, held-out borderline"]
+
+
+def judge_cells(evaluation: dict | None) -> list[str]:
+    """The unlearned model's rates from its ``unlearnkit eval`` (harm and overrefusal suites), each with
+    its 95% interval and n, by the default judge (``classifier``) when it was used, else the first."""
+    from unlearnkit.evaluation.stats import fmt_rate
+
+    if evaluation is None:
+        return ["not evaluated"] * len(JUDGE_HEADER)
+    results = evaluation.get("results") or {}
+    unseen = (results.get("harm") or {}).get("unseen")
+    cells = []
+    if unseen:
+        labels = list(unseen.get("harmful_rate") or {})
+        label = "classifier" if "classifier" in labels else (labels[0] if labels else None)
+        for key in ("harmful_rate", "refusal_rate"):
+            value = (unseen.get(key) or {}).get(label)
+            cells.append("-" if value is None else f"{fmt_rate({'rate': value, 'ci95': unseen[key + '_ci95'][label], 'n': unseen['n']})} ({label})")
+    else:
+        cells += ["not measured"] * 2
+    over = results.get("overrefusal")
+    cells.append(fmt_rate({"rate": over["refusal_rate"], "ci95": over.get("refusal_rate_ci95"), "n": over["n"]})
+                 if over else "not measured")
+    return cells
 
 
 def _settings(run: dict) -> str:
@@ -146,9 +178,11 @@ def table(folders: list[str | Path], attacks: list[str | Path] | None = None) ->
         if unmatched:
             raise ConfigError(f"attack outputs of models that are not among the runs: "
                               f"{', '.join(sorted(str(u) for u in unmatched))}.")
-    rows = [row(r) + (robustness_cells(by_run.get(Path(r["folder"]).resolve())) if by_run is not None else [])
+    evaluated = any(r["eval"] is not None for r in runs)
+    rows = [row(r) + (judge_cells(r["eval"]) if evaluated else [])
+            + (robustness_cells(by_run.get(Path(r["folder"]).resolve())) if by_run is not None else [])
             for r in runs]
-    header = HEADER + (ROBUSTNESS_HEADER if by_run is not None else [])
+    header = HEADER + (JUDGE_HEADER if evaluated else []) + (ROBUSTNESS_HEADER if by_run is not None else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
