@@ -354,3 +354,21 @@ def test_robustness_report_rows_from_attack_outputs(tmp_path, capsys):
         robustness_table([tmp_path / "nothing"])
     assert main(["report", "robustness", str(holds), "-o", str(tmp_path / "t.md")]) == 0
     assert "95.0% (holds)" in (tmp_path / "t.md").read_text()
+
+
+def test_forget_split_says_what_its_scored_items_are(tmp_path, smol_tokenizer):
+    from unlearnkit.attacks.options import AttackOptions
+    from unlearnkit.attacks.run import forget_split
+    from unlearnkit.data.spec import DataSourceConfig
+
+    path = tmp_path / "heldout.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"How do I do bad thing {i}?", "response": f"Like this {i}."}) + "\n"
+                            for i in range(8)))
+    opts = AttackOptions(forget=DataSourceConfig(spec=f"generic:{path}"), relearn_examples=3)
+    scored, attacker, d = forget_split(opts, smol_tokenizer)
+    # Without a run config nothing says whether the model saw these items, and the description says so.
+    assert "no run config to tell whether the model was trained on it" in d["pool"]
+    assert len(scored) == 5 and len(attacker) == 3 and not {e.prompt for e in scored} & {e.prompt for e in attacker}
+    opts = AttackOptions(forget=DataSourceConfig(spec=f"generic:{path}", holdout=6), relearn_examples=3)
+    scored, attacker, d = forget_split(opts, smol_tokenizer)
+    assert d["pool"] == "the forget source's held-out part (never unlearned on)" and len(scored) + len(attacker) == 6

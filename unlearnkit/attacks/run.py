@@ -100,8 +100,13 @@ def forget_split(options: AttackOptions, tokenizer, trained=None) -> tuple[list,
     if src.holdout:
         _, held = split_holdout(items, src.holdout, src.seed)
         pool, note = held, "the forget source's held-out part (never unlearned on)"
-    else:
+    elif trained is not None:
         pool, note = list(items), "the whole forget source (no holdout: items the model was unlearned on)"
+    else:
+        # No run config: what the model was trained on is not known (a held-out file of the user's own,
+        # such as the demo's data/unseen_harmful.jsonl, or the forget set itself).
+        pool, note = list(items), ("the whole forget source (no holdout, and no run config to tell whether the "
+                                   "model was trained on it)")
     excluded = 0
     if trained is not None and src.holdout:
         pool, excluded = trained.drop(pool)
