@@ -343,13 +343,21 @@ def test_robustness_report_rows_from_attack_outputs(tmp_path, capsys):
     assert ("| 0.60 [0.50, 0.70] (strongest of 3 settings: lora, lr 0.001) | 40.0% (does not hold) |"
             in robustness_table([sweep]))
     lines = robustness_table([holds, leaks, flat]).splitlines()
-    assert lines[2] == ("| holds | 0.500 -> 2.500 | 0.05 [0.01, 0.09] | 95.0% (holds) | 0.20 [0.10, 0.30] | 80.0% (holds) "
-                        "| 20 |")
+    assert lines[2] == ("| holds | 0.500 -> 2.500 | 0.05 [0.01, 0.09] | 95.0% (holds) | - | 0.20 [0.10, 0.30] | "
+                        "80.0% (holds) | 20 |")
     # 1 - 0.101 = 89.9% is below the 90% bar, though it would round to 90%.
     assert "| 89.9% (does not hold) |" in lines[3] and "| 10.0% (does not hold) |" in lines[3]
     # Undefined recovery, and no 10-step point: no verdict.
     assert lines[4].startswith("| tmp") or lines[4].startswith(f"| {tmp_path.name}")
-    assert "undefined (no measurable unlearning effect) | - | - | - |" in lines[4]
+    assert "undefined (no measurable unlearning effect) | - | - | - | - |" in lines[4]
+    # The harmful track: the harmful rate's recovery under int4, by the judge that is not the phrases.
+    harmful = tmp_path / "harmful"
+    harmful.mkdir()
+    judged = result(rec(-0.5, -0.8, -0.2), [(10, rec(0.9, 0.8, 1.0))])
+    judged["results"]["quantise"]["int4"]["harm_recovery"] = {"refusal": rec(0.6, 0.4, 0.8),
+                                                               "classifier": rec(0.42, 0.2, 0.64)}
+    (harmful / "attack.json").write_text(json.dumps(judged))
+    assert "| 150.0% (holds) | 0.42 [0.20, 0.64] (classifier) |" in robustness_table([harmful])
     with pytest.raises(FileNotFoundError, match="no attack output here"):
         robustness_table([tmp_path / "nothing"])
     assert main(["report", "robustness", str(holds), "-o", str(tmp_path / "t.md")]) == 0
