@@ -28,10 +28,8 @@ TARGETS = [
 ]
 # set -> the figure measured for the shipped judge, for targets it does not reach yet
 OPEN: dict[str, str] = {
-    "pku": "measured 0.588 [0.558, 0.618] (n=1042)",
-    "beavertails": "measured 0.678 [0.644, 0.710] (n=769)",
-    "gptfuzz_evaluate": "measured 0.766 [0.744, 0.787] (n=1540)",
-    "everyday": "measured 0.800 [0.652, 0.895] judged harmful (n=40)",
+    "pku": "measured 0.612 [0.582, 0.641] (n=1042)",
+    "beavertails": "measured 0.763 [0.732, 0.792] (n=769)",
 }
 
 

@@ -232,8 +232,9 @@ def test_shipped_judge_is_the_cross_encoder_with_its_provenance():
     assert meta["training_command"].startswith("unlearnkit judge train --kind encoder")
     assert default_judges() == ["refusal", "classifier"]
     corpus = recorded_corpus(meta)  # checks every file's sha256 and the held-out indices
+    # A source listed K times (--repeat) counts K times in what the judge saw.
     assert meta["train_items"] == len(corpus["train"]) == sum(
-        v["train_items"] for v in meta["split"].values() if isinstance(v, dict) and "train_items" in v)
+        v["train_items"] * v.get("repeated", 1) for v in meta["split"].values() if isinstance(v, dict) and "train_items" in v)
     assert set(meta["heldout"]["sets"]) == set(corpus["heldout"])
     for name, rows in corpus["heldout"].items():
         assert meta["heldout"]["sets"][name]["n"] == len(rows), name
