@@ -102,7 +102,7 @@ def train_encoder_judge(out_dir: str | Path, sources: dict | None = None, seed: 
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, refusal_weight=refusal_weight, seed=seed, layers=layers,
         max_steps=max_steps, eval_batch_size=eval_batch_size, device=device, progress=progress)
     train_seconds = time.time() - t0
-    n_bytes = sum(v.numel() * 4 for v in state.values())
+    n_bytes = sum(v.numel() * v.element_size() for v in state.values())
     if n_bytes > MAX_JUDGE_BYTES:
         raise UnlearnkitError(f"the judge's adapter + head take {n_bytes / 2**20:.1f} MB, over the "
                               f"{MAX_JUDGE_BYTES // 2**20} MB limit; lower lora_r (now {lora_r}).")

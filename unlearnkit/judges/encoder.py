@@ -175,6 +175,11 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, rng: random.Random
     return batches
 
 
+def shipped_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state as saved: LoRA tensors rounded to float16, the head in float32."""
+    return {k: v.half() if k.startswith("lora.") else v.float() for k, v in state.items()}
+
+
 def fit_encoder(items: Sequence[tuple[str, str, bool, float | None]], *, epochs: int, lr: float, batch_size: int,
                 max_length: int, lora_r: int, lora_alpha: float, lora_dropout: float, refusal_weight: float, seed: int,
                 layers: Sequence[int] | None,
@@ -224,6 +229,10 @@ def fit_encoder(items: Sequence[tuple[str, str, bool, float | None]], *, epochs:
     step = run_steps(total, lambda: bucketed_batches([len(e[0]) for e in encoded], batch_size, rng), loss_of,
                      optimizer, scheduler, trainable, progress)
     net.eval()
+    # The adapter is shipped in float16 (half the bytes; the head stays float32), and the judge is
+    # evaluated with the rounded weights, so its recorded figures are those of what is saved.
+    state = shipped_state(net.trainable_state())
+    net.load_trainable_state(state)
 
     def predict(prompts, responses, desc="judging"):
         return predict_encoder(net, tokenizer, prompts, responses, max_length, eval_batch_size,
@@ -237,6 +246,7 @@ def fit_encoder(items: Sequence[tuple[str, str, bool, float | None]], *, epochs:
         "input_format": "[CLS] prompt [SEP] response [SEP], segment ids 0/1, prompt <= 1/3 of max_length",
         "pooling": "mean",
         "verdicts": list(VERDICTS),
+        "weights_dtype": "LoRA float16, head float32 (evaluated as saved)",
         "max_length": max_length,
         "lora": {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target_modules": list(ENCODER_TARGETS),
                  "layers": list(layers) if layers is not None else None},
@@ -245,4 +255,4 @@ def fit_encoder(items: Sequence[tuple[str, str, bool, float | None]], *, epochs:
              "schedule": "linear warm-up (6%) then linear decay", "weight_decay": 0.01, "grad_clip": 1.0,
              "refusal_loss_weight": refusal_weight, "seed": seed, "steps_run": step, "tokens_seen": tokens,
              "batching": "length-bucketed (windows of 32 batches)"}
-    return net.trainable_state(), model_meta, hyper, predict
+    return state, model_meta, hyper, predict
