@@ -53,13 +53,12 @@ class _SourceOptions(BaseModel):
         recipe = RECIPE_REGISTRY.get(prefix) if prefix else None
         if recipe is None:
             return self  # no recipe named (a path, detected on load): nothing to check against
-        own = set(recipe.Options.model_fields)
+        owners, own = recipe_option_owners(), set(recipe.Options.model_fields)
         # A value other than the default: a dumped config (every field written out) still loads.
-        wrong = sorted(k for k in recipe_option_owners() if k not in own
-                       and getattr(self, k) != type(self).model_fields[k].default)
+        wrong = sorted(k for k in owners if k not in own and getattr(self, k) != type(self).model_fields[k].default)
         if wrong:
             key = wrong[0]
-            raise ValueError(f"{key} is an option of the {recipe_option_owners()[key]} recipe; this source "
+            raise ValueError(f"{key} is an option of the {owners[key]} recipe; this source "
                              f"({self.spec!r}) is read with the {prefix} recipe, which does not use it. Remove it, "
                              f"or name the recipe that reads it.")
         return self
@@ -76,7 +75,6 @@ class _SourceOptions(BaseModel):
         if isinstance(value, int) and value < 0:
             raise ValueError(f"holdout {value} must not be negative")
         return value
-
 
 
 def recipe_option_owners() -> dict[str, str]:

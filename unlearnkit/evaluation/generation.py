@@ -172,8 +172,6 @@ def generate(model, tokenizer, prompts: list[str], template: str = "chat", max_n
     token, decoded without special tokens and stripped. The model's train/eval
     mode is restored afterwards.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not prompts:
         return []
     ids = generate_ids(model, tokenizer, encode_prompts(tokenizer, prompts, template), max_new_tokens, batch_size,

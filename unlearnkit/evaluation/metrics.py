@@ -249,8 +249,6 @@ def greedy_token_ids(
     """
     from unlearnkit.evaluation.generation import encode_prompts, generate_ids
 
-    if len(prompts) != len(max_new_tokens):
-        raise ValueError("greedy_token_ids needs one max_new_tokens per prompt")
     return generate_ids(model, tokenizer, encode_prompts(tokenizer, prompts, template), list(max_new_tokens),
                         batch_size, progress=progress, desc=desc)
 
