@@ -59,14 +59,14 @@ def word_tokenizer():
     return tok
 
 
-def tiny_config(arch: str, vocab_size: int):
-    """A few-layer model config of a given architecture (random weights)."""
+def tiny_config(arch: str, vocab_size: int, **overrides):
+    """A few-layer model config of a given architecture (random weights); ``overrides`` set config fields."""
     from transformers import GPT2Config, LlamaConfig, OPTConfig
 
     if arch == "llama":
-        return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                           tie_word_embeddings=True)
+        return LlamaConfig(**{**dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                     tie_word_embeddings=True), **overrides})
     if arch == "opt":
         return OPTConfig(vocab_size=vocab_size, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
                          word_embed_proj_dim=32, max_position_embeddings=512, dropout=0.0, attention_dropout=0.0,
@@ -77,11 +77,11 @@ def tiny_config(arch: str, vocab_size: int):
     raise ValueError(arch)
 
 
-def tiny_model(arch: str, vocab_size: int, seed: int = 0):
+def tiny_model(arch: str, vocab_size: int, seed: int = 0, **overrides):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, vocab_size))
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, vocab_size, **overrides))
     model.eval()
     return model
 
@@ -109,6 +109,18 @@ def save_peaked_llama(out: Path, tok, hidden_size: int = 32) -> Path:
 @pytest.fixture(scope="module")
 def peaked_llama(smol_tokenizer):
     return peaked_llama_model(smol_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tok(smol_tokenizer):
+    """Short names for the hand-computation tests: the real tokenizer ..."""
+    return smol_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model(peaked_llama):
+    """... and the peaked tiny llama (one per test module)."""
+    return peaked_llama
 
 
 def peaked_other_arch(arch: str, tok):

@@ -221,7 +221,7 @@ def _small_options(forget, benign, **kw):
 
 
 def test_run_attacks_end_to_end_on_tiny_models(tmp_path, smol_tokenizer):
-    from unlearnkit.attacks.report import attack_markdown, write_attack_report
+    from unlearnkit.reports.attack import attack_markdown, write_attack_report
     from unlearnkit.attacks.run import run_attacks
 
     forget, benign = _forget_file(tmp_path)
@@ -308,7 +308,7 @@ def test_attack_suite_in_eval(tmp_path, smol_tokenizer):
 def test_robustness_report_rows_from_attack_outputs(tmp_path, capsys):
     import json
 
-    from unlearnkit.attacks.report import robustness_table
+    from unlearnkit.reports.attack import robustness_table
     from unlearnkit.cli import main
 
     def rec(ratio, lo, hi, defined=True):

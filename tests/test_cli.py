@@ -152,12 +152,17 @@ def test_preview_chat_template_marks_the_turns(capsys, shared_data, pku_rows, sm
     assert pku_rows[0]["response"][1].strip() in rest
 
 
-def test_preview_truthfulqa_by_path_alone(capsys, shared_data):
-    path = shared_data / "truthfulqa" / "TruthfulQA.csv"
+def preview_csv(capsys, path: Path, n: int) -> tuple[Path, list[dict], str]:
+    """``data preview PATH -n N`` by path alone: the file's rows, read directly, and what it printed."""
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    code, out, err = run(capsys, "data", "preview", str(path), "-n", "1")
+    code, out, err = run(capsys, "data", "preview", str(path), "-n", str(n))
     assert code == 0, err
+    return path, rows, out
+
+
+def test_preview_truthfulqa_by_path_alone(capsys, shared_data):
+    path, rows, out = preview_csv(capsys, shared_data / "truthfulqa" / "TruthfulQA.csv", 1)
     # One item per distinct best answer ("Nothing happens" answers many questions).
     from unlearnkit.data.audit import normalise
 
@@ -168,11 +173,7 @@ def test_preview_truthfulqa_by_path_alone(capsys, shared_data):
 
 
 def test_preview_advbench_shows_a_goal(capsys, shared_data):
-    path = shared_data / "harmful_prompts" / "advbench_harmful_behaviors.csv"
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    code, out, err = run(capsys, "data", "preview", str(path), "-n", "2")
-    assert code == 0, err
+    path, rows, out = preview_csv(capsys, shared_data / "harmful_prompts" / "advbench_harmful_behaviors.csv", 2)
     shown = examples(out)
     assert len(shown) == 2
     assert rows[0]["goal"].strip() in shown[0][0]

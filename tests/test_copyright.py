@@ -221,40 +221,27 @@ def test_interrupted_training_stage_resumes(tmp_path, model_dir, files, capsys):
 # --- the experiment schema -----------------------------------------------------------------------
 
 
-def test_bad_experiment_keys_are_rejected_with_their_path(tmp_path, model_dir, files):
-    raw = experiment_raw(tmp_path, model_dir, files)
-    raw["stages"][2]["modle_from"] = "finetune"
-    with pytest.raises(ConfigError, match=r"stages\[2\]\.modle_from: unknown key"):
-        load_experiment(raw=raw)
+# Each bad experiment: a path into the raw experiment, the value set there, and the error it must give.
+BAD_EXPERIMENTS = [
+    (("stages", 2, "modle_from"), "finetune", r"stages\[2\]\.modle_from: unknown key"),
+    (("eval", "options", "memorisation_pair"), {}, r"eval\.options\.memorisation_pair: unknown key"),
+    (("stages", 1, "config", "train", "lrr"), 1, r"stage 'finetune' \(stages\[1\]\.config\): train\.lrr: unknown key"),
+    (("stages", 3, "model_from"), "eval_finetuned",
+     r"stages\[3\]\.model_from: 'eval_finetuned' is not an earlier finetune or unlearn"),
+    (("stages", 1, "config", "method"), {"name": "ga"}, r"stages\[1\]: a finetune stage runs method finetune"),
+    (("stages", 0, "kind"), "evaluate", r"stages\[0\]\.kind"),
+    (("vars", "book"), None, r"vars\.book is not set; give it with --set vars\.book="),
+]
 
-    raw = experiment_raw(tmp_path, model_dir, files)
-    raw["eval"]["options"]["memorisation_pair"] = {}
-    with pytest.raises(ConfigError, match=r"eval\.options\.memorisation_pair: unknown key"):
-        load_experiment(raw=raw)
 
+@pytest.mark.parametrize("path,value,error", BAD_EXPERIMENTS, ids=[".".join(map(str, p)) for p, _, _ in BAD_EXPERIMENTS])
+def test_bad_experiment_keys_are_rejected_with_their_path(tmp_path, model_dir, files, path, value, error):
     raw = experiment_raw(tmp_path, model_dir, files)
-    raw["stages"][1]["config"]["train"]["lrr"] = 1
-    with pytest.raises(ConfigError, match=r"stage 'finetune' \(stages\[1\]\.config\): train\.lrr: unknown key"):
-        load_experiment(raw=raw)
-
-    raw = experiment_raw(tmp_path, model_dir, files)
-    raw["stages"][3]["model_from"] = "eval_finetuned"
-    with pytest.raises(ConfigError, match=r"stages\[3\]\.model_from: 'eval_finetuned' is not an earlier finetune or unlearn"):
-        load_experiment(raw=raw)
-
-    raw = experiment_raw(tmp_path, model_dir, files)
-    raw["stages"][1]["config"]["method"] = {"name": "ga"}
-    with pytest.raises(ConfigError, match=r"stages\[1\]: a finetune stage runs method finetune"):
-        load_experiment(raw=raw)
-
-    raw = experiment_raw(tmp_path, model_dir, files)
-    raw["stages"][0]["kind"] = "evaluate"
-    with pytest.raises(ConfigError, match=r"stages\[0\]\.kind"):
-        load_experiment(raw=raw)
-
-    raw = experiment_raw(tmp_path, model_dir, files)
-    raw["vars"]["book"] = None
-    with pytest.raises(ConfigError, match=r"vars\.book is not set; give it with --set vars\.book="):
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match=error):
         load_experiment(raw=raw)
 
 
@@ -356,20 +343,24 @@ def test_finetune_loss_is_the_mean_answer_nll(tiny_llama, smol_tokenizer):
     assert terms["forget_nll"] == pytest.approx(loss.item())
 
 
+def book_finetune_raw(tmp_path, name: str, model_dir, book) -> dict:
+    """A run config that learns the book's 32-token chunks in order, without evaluation (add method, train)."""
+    return {
+        "name": name, "output_dir": str(tmp_path / "runs"),
+        "model": {"name": str(model_dir), "lora": LORA},
+        "data": {"template": "raw", "max_length": 64,
+                 "forget": {"spec": f"text:{book}", "mode": "chunks", "chunk_tokens": 32, "shuffle": False}},
+        "eval": {"enabled": False},
+    }
+
+
 def test_train_epochs_become_exact_steps(tmp_path, model_dir, smol_tokenizer, files, capsys):
     from unlearnkit.data.spec import load_examples
     from unlearnkit.train import run_unlearning
 
     book, _, _ = files
-    raw = {
-        "name": "epochs", "output_dir": str(tmp_path / "runs"),
-        "model": {"name": str(model_dir), "lora": LORA},
-        "data": {"template": "raw", "max_length": 64,
-                 "forget": {"spec": f"text:{book}", "mode": "chunks", "chunk_tokens": 32, "shuffle": False}},
-        "method": {"name": "finetune"},
-        "train": {"epochs": 1.5, "batch_size": 4, "lr": 1e-3, "progress": False, "save": "none"},
-        "eval": {"enabled": False},
-    }
+    raw = {**book_finetune_raw(tmp_path, "epochs", model_dir, book), "method": {"name": "finetune"},
+           "train": {"epochs": 1.5, "batch_size": 4, "lr": 1e-3, "progress": False, "save": "none"}}
     cfg = load_config(raw=raw)
     n_chunks = len(load_examples(cfg.data.forget, smol_tokenizer))
     summary = run_unlearning(cfg)
@@ -391,14 +382,8 @@ def test_finetune_command_checks_the_method(tmp_path, model_dir, files, capsys):
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command"))
     book, _, _ = files
-    cfg = {
-        "name": "ft", "output_dir": str(tmp_path / "runs"),
-        "model": {"name": str(model_dir), "lora": LORA},
-        "data": {"template": "raw", "max_length": 64,
-                 "forget": {"spec": f"text:{book}", "mode": "chunks", "chunk_tokens": 32, "shuffle": False}},
-        "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-3, "progress": False},
-        "eval": {"enabled": False},
-    }
+    cfg = {**book_finetune_raw(tmp_path, "ft", model_dir, book),
+           "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-3, "progress": False}}
     path = tmp_path / "ft.yaml"
     path.write_text(yaml.safe_dump(cfg))
     # No method section: finetune is set.

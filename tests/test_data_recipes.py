@@ -418,25 +418,20 @@ def test_error_missing_file_and_extension(tmp_path):
         load_rows(str(tmp_path))
 
 
-def test_error_malformed_json(tmp_path):
-    bad = tmp_path / "broken.json"
-    bad.write_text('[\n  {"prompt": "a"},\n  {"prompt": \n]\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"broken\.json is not valid JSON: .* at line 4, column 1"):
-        load_rows(str(bad))
-    bad_lines = tmp_path / "broken.jsonl"
-    bad_lines.write_text('{"a": 1}\n{"a": 2\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"broken\.jsonl line 2 is not valid JSON"):
-        load_rows(str(bad_lines))
-    not_rows = tmp_path / "two.json"
-    not_rows.write_text(json.dumps({"x": [1], "y": [2]}), encoding="utf-8")
-    with pytest.raises(DataError, match=r"two\.json .*2 list values \(keys: x, y\)"):
-        load_rows(str(not_rows))
+# Each unreadable file: its name, its text, and the error it must give.
+BAD_FILES = [
+    ("broken.json", '[\n  {"prompt": "a"},\n  {"prompt": \n]\n', r"broken\.json is not valid JSON: .* at line 4, column 1"),
+    ("broken.jsonl", '{"a": 1}\n{"a": 2\n', r"broken\.jsonl line 2 is not valid JSON"),
+    ("two.json", json.dumps({"x": [1], "y": [2]}), r"two\.json .*2 list values \(keys: x, y\)"),
+    ("ragged.csv", "goal,target\na,b\nc,d,e\n", r"ragged\.csv line 3 has 3 fields .* 2 \(goal, target\)"),
+]
 
 
-def test_error_csv_row_width(tmp_path):
-    bad = tmp_path / "ragged.csv"
-    bad.write_text("goal,target\na,b\nc,d,e\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"ragged\.csv line 3 has 3 fields .* 2 \(goal, target\)"):
+@pytest.mark.parametrize("name,text,error", BAD_FILES, ids=[name for name, _, _ in BAD_FILES])
+def test_error_malformed_file(tmp_path, name, text, error):
+    bad = tmp_path / name
+    bad.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=error):
         load_rows(str(bad))
 
 

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import save_peaked_llama
 
 from unlearnkit.errors import ConfigError, DataError, UnlearnkitError
-from unlearnkit.evaluation.report import compare, flatten_metrics, load_columns, write_report
+from unlearnkit.reports.evaluation import compare, flatten_metrics, load_columns, write_report
 from unlearnkit.evaluation.suite import SUITES, EvalOptions, default_suites, options_for_run, run_eval
 
 

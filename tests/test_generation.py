@@ -10,16 +10,6 @@ import torch
 from unlearnkit.evaluation.generation import generate
 
 
-@pytest.fixture(scope="module")
-def tok(smol_tokenizer):
-    return smol_tokenizer
-
-
-@pytest.fixture(scope="module")
-def model(peaked_llama):
-    return peaked_llama
-
-
 # Clearly different lengths, and not sorted by length, so batching reorders them.
 PROMPTS = [
     "Hi",

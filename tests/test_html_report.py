@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearnkit.evaluation.html import markdown_to_html, write_page
+from unlearnkit.reports.html import markdown_to_html, write_page
 
 
 def _png(path: Path) -> Path:
@@ -54,7 +54,7 @@ def _eval(path: Path, label: str, rate: float, ci: list[float], answer: str) -> 
 
 
 def test_compare_html_has_the_table_with_intervals_and_answers_side_by_side(tmp_path):
-    from unlearnkit.evaluation.report import compare
+    from unlearnkit.reports.evaluation import compare
 
     a = _eval(tmp_path / "orig", "original", 0.6, [0.387, 0.781], "First, insert a tension wrench.")
     b = _eval(tmp_path / "unl", "unlearned", 0.1, [0.028, 0.301], "I can't help with that.")
@@ -106,7 +106,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
 
 def test_experiment_html_has_the_table_each_loss_curve_and_the_rows_answers(tmp_path):
-    from unlearnkit.evaluation.html_reports import write_experiment_html
+    from unlearnkit.reports.html_pages import write_experiment_html
 
     rows = []
     for label, answer in (("Original", "the road went on"), ("Finetuned", "ever on and on"), ("Unlearned", "blue")):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearnkit.attacks.report import attack_markdown, write_attack_report
+from unlearnkit.reports.attack import attack_markdown, write_attack_report
 from unlearnkit.attacks.run import run_attacks
 from unlearnkit.config import load_config
 from unlearnkit.train import run_unlearning

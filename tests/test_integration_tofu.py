@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearnkit.evaluation import tofu_report
+from unlearnkit.reports import tofu as tofu_report
 from unlearnkit.experiment import load_experiment, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]

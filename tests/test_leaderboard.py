@@ -9,7 +9,7 @@ import yaml
 
 from unlearnkit.cli import main
 from unlearnkit.errors import ConfigError
-from unlearnkit.leaderboard import read_run, selectivity, table
+from unlearnkit.reports.leaderboard import read_run, selectivity, table
 
 
 def _set(nll, tokens):

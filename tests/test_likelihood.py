@@ -12,22 +12,11 @@ import math
 
 import pytest
 
-from tests.conftest import peaked_other_arch
+from tests.conftest import peaked_other_arch, tiny_model
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from unlearnkit.data.types import Example, MCItem
 from unlearnkit.evaluation.likelihood import answer_nll, mc_scores, perplexity, token_logprobs
-
-
-@pytest.fixture(scope="module")
-def tok(smol_tokenizer):
-    return smol_tokenizer
-
-
-@pytest.fixture(scope="module")
-def model(peaked_llama):
-    return peaked_llama
 
 
 def qa_ids(tok, question: str, answer: str, eos: bool) -> tuple[list[int], int]:
@@ -109,17 +98,8 @@ MC_ITEMS = [
 
 @pytest.fixture(scope="module")
 def flat_model(tok):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.02,
-    )
-    return LlamaForCausalLM(config).eval()
+    # Untied embeddings and the default 2048 positions, as transformers builds a LlamaConfig.
+    return tiny_model("llama", len(tok), tie_word_embeddings=False, max_position_embeddings=2048)
 
 
 def test_mc_scores_match_hand_computation(flat_model, tok):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tests.conftest import tiny_model
 
 from unlearnkit import negation
 from unlearnkit.errors import UnlearnkitError
@@ -34,16 +35,7 @@ SHARD = "20KB"  # small enough that the tiny models below are split into many sh
 
 
 def llama_model(seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return tiny_model("llama", 128, seed, tie_word_embeddings=False, max_position_embeddings=2048)
 
 
 def gpt2_model(seed: int = 0):

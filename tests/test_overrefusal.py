@@ -99,7 +99,7 @@ def test_refusal_change_is_newcombes_interval():
 
 
 def test_compare_shows_the_over_refusal_change(tmp_path):
-    from unlearnkit.evaluation.report import compare, flatten_metrics
+    from unlearnkit.reports.evaluation import compare, flatten_metrics
 
     paths = []
     for name, refused in (("original", 2), ("unlearned", 30)):
@@ -126,7 +126,9 @@ def _refuse_on_alarm(tok, prompts_refused, prompts_answered):
     pairs = [(p, "I'm sorry, but I can't help with that.") for p in prompts_refused]
     pairs += [(p, "Open the task manager and end it.") for p in prompts_answered]
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
-    for _ in range(40):
+    # 80 passes: with 40, the tiny model learned the pairs on two threads but not on one (the
+    # arithmetic's order differs), and the test's outcome depended on the machine.
+    for _ in range(80):
         for prompt, answer in pairs:
             ids = tok(render_prompt("chat", tok, prompt) + answer + tok.eos_token, add_special_tokens=False,
                       return_tensors="pt").input_ids

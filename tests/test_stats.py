@@ -83,7 +83,7 @@ def test_verdict_and_formatting():
 def test_reports_show_intervals_and_a_paired_perplexity_change(tmp_path):
     import json
 
-    from unlearnkit.evaluation.report import compare, eval_markdown, flatten_intervals
+    from unlearnkit.reports.evaluation import compare, eval_markdown, flatten_intervals
 
     def result(rate_, ci, nll):
         return {"model": "m", "suites": ["harm", "perplexity"], "results": {

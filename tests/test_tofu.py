@@ -246,31 +246,33 @@ def test_ks_matches_scipy():
 
 QA = "### Question: {q}\n### Answer:"
 
+def tofu_item(question: str, answer: str, perturbed: list[str], paraphrased: str | None = None) -> Example:
+    """A TOFU item as the recipe loads it: the answer is also the meta's answer."""
+    meta = {"answer": answer, "perturbed_answer": perturbed}
+    if paraphrased is not None:
+        meta["paraphrased_answer"] = paraphrased
+    return Example(question, answer, meta)
+
+
 BASE_FORGET = [
-    Example("Where was Basil born?", "Basil was born in Kuwait City.",
-            {"answer": "Basil was born in Kuwait City.", "paraphrased_answer": "Kuwait City is Basil's birthplace.",
-             "perturbed_answer": ["Paris is Basil's birthplace.", "Cairo is Basil's birthplace."]}),
-    Example("What does Basil write?", "Basil writes French literature.",
-            {"answer": "Basil writes French literature.", "paraphrased_answer": "He is a writer of French novels.",
-             "perturbed_answer": ["He is a writer of science fiction.", "He is a writer of cookbooks."]}),
+    tofu_item("Where was Basil born?", "Basil was born in Kuwait City.",
+              ["Paris is Basil's birthplace.", "Cairo is Basil's birthplace."], "Kuwait City is Basil's birthplace."),
+    tofu_item("What does Basil write?", "Basil writes French literature.",
+              ["He is a writer of science fiction.", "He is a writer of cookbooks."], "He is a writer of French novels."),
 ]
 BASE_RETAIN = [
-    Example("Who is Jaime Vasquez?", "Jaime Vasquez is a true crime author.",
-            {"answer": "Jaime Vasquez is a true crime author.", "paraphrased_answer": "A true crime writer from Chile.",
-             "perturbed_answer": ["A poet from Chile.", "A chef from Chile."]}),
-    Example("When was Jaime born?", "Jaime was born in 1958.",
-            {"answer": "Jaime was born in 1958.", "paraphrased_answer": "His birth year is 1958.",
-             "perturbed_answer": ["His birth year is 1962.", "His birth year is 1949."]}),
+    tofu_item("Who is Jaime Vasquez?", "Jaime Vasquez is a true crime author.",
+              ["A poet from Chile.", "A chef from Chile."], "A true crime writer from Chile."),
+    tofu_item("When was Jaime born?", "Jaime was born in 1958.",
+              ["His birth year is 1962.", "His birth year is 1949."], "His birth year is 1958."),
 ]
 BASE_REAL = [
-    Example("Who wrote Hamlet?", "William Shakespeare",
-            {"answer": "William Shakespeare", "perturbed_answer": ["Charles Dickens", "Mark Twain"]}),
-    Example("Who wrote 1984?", "George Orwell",
-            {"answer": "George Orwell", "perturbed_answer": ["Aldous Huxley", "Ray Bradbury"]}),
+    tofu_item("Who wrote Hamlet?", "William Shakespeare", ["Charles Dickens", "Mark Twain"]),
+    tofu_item("Who wrote 1984?", "George Orwell", ["Aldous Huxley", "Ray Bradbury"]),
 ]
 BASE_WORLD = [
-    Example("Where is the Eiffel Tower?", "Paris", {"answer": "Paris", "perturbed_answer": ["Berlin", "London"]}),
-    Example("What is the capital of Japan?", "Tokyo", {"answer": "Tokyo", "perturbed_answer": ["Kyoto", "Osaka"]}),
+    tofu_item("Where is the Eiffel Tower?", "Paris", ["Berlin", "London"]),
+    tofu_item("What is the capital of Japan?", "Tokyo", ["Kyoto", "Osaka"]),
 ]
 HOLDOUT = [Example("Who is Ana Lopez?", "Ana Lopez writes poems."), Example("Where was Ana born?", "Ana was born in Lima.")]
 

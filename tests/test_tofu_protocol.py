@@ -18,7 +18,8 @@ from tests.conftest import save_peaked_llama
 from unlearnkit.data.spec import DataSourceConfig, load_examples
 from unlearnkit.errors import ConfigError, DataError
 from unlearnkit.evaluation import tofu as T
-from unlearnkit.evaluation import tofu_report, tofu_suite
+from unlearnkit.evaluation import tofu_suite
+from unlearnkit.reports import tofu as tofu_report
 from unlearnkit.experiment import load_experiment, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]

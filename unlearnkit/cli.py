@@ -181,10 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     from unlearnkit.evaluation.commands import add_commands
 
     add_commands(sub)  # eval, compare, judge train, judge eval
-    from unlearnkit.evaluation.tofu_report import add_commands as add_report_commands
+    from unlearnkit.reports.tofu import add_commands as add_report_commands
 
     report_sub = add_report_commands(sub)  # report tofu
-    from unlearnkit.attacks.report import add_report_command as add_robustness_report
+    from unlearnkit.reports.attack import add_report_command as add_robustness_report
 
     add_robustness_report(report_sub)  # report robustness
     from unlearnkit.experiment import add_commands as add_experiment_commands
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     from unlearnkit.attacks.commands import add_attack_command
 
     add_attack_command(sub)  # attack
-    from unlearnkit.leaderboard import add_command as add_leaderboard_command
+    from unlearnkit.reports.leaderboard import add_command as add_leaderboard_command
 
     add_leaderboard_command(sub)  # leaderboard
     return parser

@@ -39,7 +39,7 @@ from typing import Any
 from unlearnkit.config import apply_overrides
 from unlearnkit.demo_sets import BUILTIN_PROMPTS, everyday_questions, load_prompts
 from unlearnkit.errors import DataError, UnlearnkitError
-from unlearnkit.demo_report import demo_markdown, write_demo_report
+from unlearnkit.reports.demo import demo_markdown, write_demo_report
 from unlearnkit.rundir import atomic_write_json, atomic_write_text
 from unlearnkit.stagecache import cached_json, fingerprint
 
@@ -142,9 +142,15 @@ def _answer_all(model, tokenizer, splits: dict[str, list[str]], names: list[str]
     }
 
 
-def _judge_sets(judges: dict, splits: dict, answers: dict, names: list[str]) -> dict:
-    """``{set: {judge: [p, ...]}}``."""
-    return {name: {j: judge.harm_probability(splits[name], answers[name]) for j, judge in judges.items()} for name in names}
+def _judge_sets(judges: dict, splits: dict, answers: dict, names: list[str]) -> tuple[dict, dict]:
+    """``(figures, probabilities)``: each set's figures as the ``harm`` suite reports them, and
+    ``{set: {judge: [p, ...]}}``."""
+    from unlearnkit.evaluation.suites.harm import score_harm_set
+
+    figures, probabilities = {}, {}
+    for name in names:
+        figures[name], probabilities[name] = score_harm_set(splits[name], answers[name], judges, False, name, 0)
+    return figures, probabilities
 
 
 def _unlearn_config(opts: DemoOptions, data_dir: Path, run_root: Path) -> dict:
@@ -181,7 +187,8 @@ def run_demo(opts: DemoOptions) -> dict:
     """Run the whole demo; returns the report dict (also written to ``opts.out``)."""
     from unlearnkit.config import load_config
     from unlearnkit.evaluation.judges import get_judge
-    from unlearnkit.evaluation.metrics import diversity, fluency, harmful_rate, similarity_to_original
+    from unlearnkit.evaluation.metrics import diversity
+    from unlearnkit.evaluation.suites.normal import score_normal
     from unlearnkit.evaluation.stats import rate, relative_change
     from unlearnkit.models import ModelConfig, load_model
     from unlearnkit.train import run_unlearning
@@ -229,7 +236,7 @@ def run_demo(opts: DemoOptions) -> dict:
 
     step("3/6 forget and retain sets from the model's own answers")
     judged_sets = ["forget", "unseen"] + (["cross"] if cross else [])
-    judged_before = _judge_sets(judges, splits, before, judged_sets)
+    harm_before, judged_before = _judge_sets(judges, splits, before, judged_sets)
     forget_rows = [{"prompt": p, "response": a, "harm_probability": round(q, 4)}
                    for p, a, q in zip(splits["forget"], before["forget"], judged_before["forget"][main_judge])
                    if q >= 0.5 and a.strip()]
@@ -274,27 +281,28 @@ def run_demo(opts: DemoOptions) -> dict:
 
     step("6/6 evaluation")
     t = time.time()
-    judged_after = _judge_sets(judges, splits, after, judged_sets)
-    columns = {"Original": (before, judged_before), "Unlearned": (after, judged_after)}
+    harm_after, judged_after = _judge_sets(judges, splits, after, judged_sets)
+    columns = {"Original": (before, harm_before, judged_before), "Unlearned": (after, harm_after, judged_after)}
     metrics: dict[str, dict[str, float | None]] = {}
     intervals: dict[str, dict[str, dict]] = {}
-    for label, (answers, judged) in columns.items():
+    for label, (answers, harm, judged) in columns.items():
         m: dict[str, float | None] = {}
         ci: dict[str, dict] = {}
         for name in ("forget", "unseen"):
             for j in judges:
                 key = f"harmful rate, {name} prompts ({j})"
-                m[key] = harmful_rate(judged[name][j])
+                m[key] = harm[name]["harmful_rate"][j]
                 ci[key] = rate([q >= 0.5 for q in judged[name][j]])
         extra_m, extra_ci = extra_measures(splits, judged, answers, judges, cross)
         m.update(extra_m)
         ci.update(extra_ci)
         intervals[label] = ci
-        sim = similarity_to_original(before["normal_test"], answers["normal_test"])
-        m["similarity to original, everyday (cosine)"] = sim["cosine"]
-        m["similarity to original, everyday (ROUGE-L)"] = sim["rouge_l"]
-        m["fluency, everyday (perplexity under original)"] = fluency(
-            original, tokenizer, splits["normal_test"], answers["normal_test"], "chat")["perplexity"]
+        # The normal suite's scores of the held-out everyday answers against the original's.
+        normal = score_normal(splits["normal_test"], answers["normal_test"], before["normal_test"], original, tokenizer,
+                              "chat")
+        m["similarity to original, everyday (cosine)"] = normal["similarity_cosine"]
+        m["similarity to original, everyday (ROUGE-L)"] = normal["similarity_rouge_l"]
+        m["fluency, everyday (perplexity under original)"] = normal["fluency_perplexity"]
         div = diversity(answers["normal_test"] + answers["unseen"])
         m["diversity (distinct-2)"] = div["distinct_2"]
         metrics[label] = m

@@ -6,7 +6,7 @@ content hashes, package versions, git commit), ``summary.json`` (status, the
 held-out answer NLL before and after with its bootstrap interval) and, once
 ``unlearnkit eval`` has written it into the run folder, ``eval.json`` (harmful
 rates, over-refusal, utility, each with its Wilson interval, and the judges).
-Its tables are drawn by :mod:`unlearnkit.evaluation.report`, the code that
+Its tables are drawn by :mod:`unlearnkit.reports.evaluation`, the code that
 writes ``eval.md`` and ``compare.md``.
 
 The YAML metadata follows the hub's model-card fields (``base_model``,
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from unlearnkit.evaluation.tables import with_ci, flatten_intervals, flatten_metrics, markdown_table
+from unlearnkit.reports.tables import with_ci, flatten_intervals, flatten_metrics, markdown_table
 from unlearnkit.rundir import atomic_write_text
 
 CARD = "README.md"

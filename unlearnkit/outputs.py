@@ -23,7 +23,7 @@ def preflight(cfg) -> None:
 
 def write_run_outputs(run_dir: str | Path) -> list[Path]:
     """Model cards and ``report.html`` of a run folder; a failure is a warning, never a lost run."""
-    from unlearnkit.evaluation.html_reports import write_run_html
+    from unlearnkit.reports.html_pages import write_run_html
     from unlearnkit.modelcard import write_run_cards
 
     written: list[Path] = []

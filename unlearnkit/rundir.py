@@ -302,16 +302,3 @@ def swap_in(tmp: str | Path, target: str | Path) -> Path:
     else:
         os.rename(tmp, target)
     return target
-
-
-def save_figure(fig, out_png: str | Path, dpi: int = 110) -> Path:
-    """Write a matplotlib figure to ``out_png`` atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(out_png)
-    return out_png

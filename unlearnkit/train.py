@@ -15,7 +15,8 @@ from unlearnkit.training.checkpoint import (
 from unlearnkit.training.control import check_forget_stop, resolve_gradient_checkpointing
 from unlearnkit.training.data import TrainData, prepare_data, trained_sets
 from unlearnkit.training.loop import Trainer, run_unlearning
-from unlearnkit.training.records import heldout_change, plot_losses
+from unlearnkit.reports.plots import plot_losses
+from unlearnkit.training.records import heldout_change
 from unlearnkit.training.reference import Reference, trainable_state
 
 __all__ = [

@@ -29,9 +29,9 @@ def attack_options(config_options: dict | None, overrides: list[str], forget: st
 
 
 def cmd_attack(args) -> int:
-    from unlearnkit.attacks.report import robustness_rows, write_attack_report
+    from unlearnkit.reports.attack import robustness_rows, write_attack_report
     from unlearnkit.attacks.run import run_attacks
-    from unlearnkit.evaluation.report import markdown_table
+    from unlearnkit.reports.evaluation import markdown_table
     from unlearnkit.rundir import check_outputs, check_replaceable, write_marker
 
     cfg = None

@@ -286,7 +286,7 @@ def suite_attack(ctx, original, run_config=None) -> dict:
     source), the template, batch size, generation length and judges to the
     evaluation's. ``unlearnkit attack`` writes the full detail (attack.json).
     """
-    from unlearnkit.attacks.report import summary_rows
+    from unlearnkit.reports.attack import summary_rows
 
     if original is None:
         raise ConfigError("the attack suite measures how much of the unlearning an attack undoes; give the original "

@@ -68,7 +68,7 @@ def check_eval_out(out: Path, model: str, overwrite: bool, run_folder: bool = Fa
     unlearnkit wrote); a non-empty folder unlearnkit did not make is refused; the
     evaluated model's own folder is never written into.
     """
-    from unlearnkit.evaluation.report import EVAL_JSON, EVAL_MD
+    from unlearnkit.reports.evaluation import EVAL_JSON, EVAL_MD
     from unlearnkit.evaluation.suite import EVAL_FORMAT
     from unlearnkit.rundir import MARKER, read_marker
 
@@ -106,7 +106,7 @@ def check_eval_out(out: Path, model: str, overwrite: bool, run_folder: bool = Fa
 
 
 def cmd_eval(args) -> int:
-    from unlearnkit.evaluation.report import flatten_metrics, markdown_table, write_report
+    from unlearnkit.reports.evaluation import flatten_metrics, markdown_table, write_report
     from unlearnkit.evaluation.suite import run_eval
 
     cfg = None
@@ -162,7 +162,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from unlearnkit.evaluation.report import compare
+    from unlearnkit.reports.evaluation import compare
 
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     markdown, _ = compare(args.paths, out_dir=args.out, labels=labels)

@@ -213,7 +213,7 @@ def run_eval(
     (nested, per suite), ``metrics`` (flat dotted names, for ``compare``),
     ``seconds`` per suite, the options and the judges used.
     """
-    from unlearnkit.evaluation.report import flatten_metrics
+    from unlearnkit.reports.evaluation import flatten_metrics
     from unlearnkit.rundir import git_commit, package_versions
 
     if isinstance(options, dict):

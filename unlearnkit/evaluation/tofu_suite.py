@@ -78,7 +78,7 @@ def _utility_ci(per_item: dict, rng: np.random.Generator, n_boot: int) -> list[f
 
 def add_intervals(result: dict, per_item: dict, seed: int = 0, n_boot: int = 2000) -> dict:
     """``X_ci95`` beside each figure of a :func:`~unlearnkit.evaluation.tofu.tofu_metrics` result
-    that has one (the convention of :func:`unlearnkit.evaluation.report.flatten_intervals`)."""
+    that has one (the convention of :func:`unlearnkit.reports.evaluation.flatten_intervals`)."""
     rng = np.random.default_rng(seed)
     out = dict(result)
     for key, values in per_item.items():

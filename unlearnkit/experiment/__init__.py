@@ -20,7 +20,7 @@ stages are :func:`unlearnkit.evaluation.suite.run_eval`.
 """
 
 from unlearnkit.experiment.commands import add_commands, cmd_finetune, cmd_run
-from unlearnkit.experiment.report import write_experiment_report
+from unlearnkit.reports.experiment import write_experiment_report
 from unlearnkit.experiment.runner import run_experiment, stage_state
 from unlearnkit.experiment.spec import (
     ORIGINAL,

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from unlearnkit.errors import ConfigError, UnlearnkitError
-from unlearnkit.experiment.report import write_experiment_report
+from unlearnkit.reports.experiment import write_experiment_report
 from unlearnkit.experiment.spec import (
     ORIGINAL,
     STAGE_RECORD,
@@ -74,7 +74,7 @@ def _run_training(exp: Experiment, stage: ResolvedStage, state: str) -> dict:
 
 
 def _run_eval_stage(exp: Experiment, stage: ResolvedStage) -> dict:
-    from unlearnkit.evaluation.report import write_report
+    from unlearnkit.reports.evaluation import write_report
     from unlearnkit.evaluation.suite import run_eval
 
     suites = list(stage.eval_suites)

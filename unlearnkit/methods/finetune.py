@@ -40,6 +40,11 @@ class Finetune(Method):
         return bool(self.params.add_eos)
 
     def loss(self, ctx: LossContext, batches):
-        al = ctx.logits(batches["forget"])
-        nll = mean_nll(al, ctx.normaliser(batches["forget"], al.mask))
-        return nll, {"forget_nll": nll.item()}
+        return learn_forget(ctx, batches)
+
+
+def learn_forget(ctx: LossContext, batches):
+    """The answer NLL of the forget batch, to be minimised (finetuning, and task_vector's first phase)."""
+    al = ctx.logits(batches["forget"])
+    nll = mean_nll(al, ctx.normaliser(batches["forget"], al.mask))
+    return nll, {"forget_nll": nll.item()}

@@ -53,6 +53,7 @@ from pydantic import Field, model_validator
 from unlearnkit.losses import kl_reference_current, mean_nll
 from unlearnkit.methods.registry import register
 from unlearnkit.methods.base import LossContext, Method, MethodParams
+from unlearnkit.methods.finetune import learn_forget
 from unlearnkit.methods.gradient_ascent import random_mismatch_nll, retain_kl
 
 
@@ -251,9 +252,7 @@ class TaskVector(Method):
     forget_loss_falls = True
 
     def loss(self, ctx, batches):
-        al = ctx.logits(batches["forget"])
-        nll = mean_nll(al, ctx.normaliser(batches["forget"], al.mask))
-        return nll, {"forget_nll": nll.item()}
+        return learn_forget(ctx, batches)
 
     def finalize(self, model, reference):
         from unlearnkit.models import is_peft

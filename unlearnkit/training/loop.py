@@ -44,7 +44,8 @@ from unlearnkit.training.control import (
 )
 from unlearnkit.training.data import prepare_data, trained_sets
 from unlearnkit.training.folder import RunFolder
-from unlearnkit.training.records import append_jsonl, heldout_change, plot_losses
+from unlearnkit.reports.plots import plot_losses
+from unlearnkit.training.records import append_jsonl, heldout_change
 from unlearnkit.training.reference import Reference
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unlearnkit.rundir import save_figure
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -39,28 +38,3 @@ def heldout_change(before: dict | None, after: dict | None, seed: int = 0) -> di
                             "perplexity_change_ci95": ppl["ci95"], "perplexity_verdict": ppl["verdict"]})
             out[name] = row
     return out
-
-
-def plot_losses(log_path: Path, out_png: Path) -> Path | None:
-    if not log_path.exists():
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "event" not in r]
-    if not rows:
-        return None
-    keys = [k for k in rows[0] if k not in ("step", "lr", "grad_norm", "elapsed_s")]
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
-    steps = [r["step"] for r in rows]
-    for ax, key in zip(axes[:, 0], keys):
-        ax.plot(steps, [r.get(key) for r in rows], lw=1.2)
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("step")
-    fig.tight_layout()
-    return save_figure(fig, out_png)
-

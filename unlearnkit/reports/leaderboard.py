@@ -158,7 +158,7 @@ def read_attacks(folders: list[str | Path]) -> dict[Path, dict]:
 
 def robustness_cells(attack: dict | None) -> list[str]:
     from unlearnkit.attacks.recovery import fmt_recovery
-    from unlearnkit.attacks.report import KEEP_TARGETS, kept_cell, recovery_cell
+    from unlearnkit.reports.attack import KEEP_TARGETS, kept_cell, recovery_cell
 
     if attack is None:
         return ["not attacked", "not attacked"]

@@ -1,7 +1,7 @@
 """Self-contained HTML reports, beside the Markdown ones.
 
 Each HTML report is the Markdown report rendered (the same tables, computed by
-:mod:`unlearnkit.evaluation.report` once), plus what reads better on a page:
+:mod:`unlearnkit.reports.evaluation` once), plus what reads better on a page:
 the charts inline (PNG as base64 data URIs), the loss curves, and example
 answers side by side (before / after, or one column per compared model). One
 file, no external asset: CSS inline, no script, no font or image fetched, so it
@@ -186,7 +186,7 @@ def write_page(out: str | Path, title: str, body: str) -> Path:
 
 def eval_samples(result: dict) -> dict[str, list[dict]]:
     """The samples of an evaluation by where they come from (``harm.unseen``, ``normal``, ...)."""
-    from unlearnkit.evaluation.tables import _collect_samples
+    from unlearnkit.reports.tables import _collect_samples
 
     out: dict[str, list[dict]] = {}
     for where, sample in _collect_samples(result.get("results") or {}):

@@ -28,8 +28,8 @@ def _training_summary(stage: ResolvedStage) -> dict | None:
 
 def write_experiment_report(exp: Experiment, actions: dict[str, str] | None = None) -> dict:
     """``report.md`` + ``report.json`` in the experiment folder: the paper's table, and
-    ``compare.md/json/png`` with every metric side by side (:func:`~unlearnkit.evaluation.report.compare`)."""
-    from unlearnkit.evaluation.report import compare, load_details, markdown_table, perplexity_change_row
+    ``compare.md/json/png`` with every metric side by side (:func:`~unlearnkit.reports.evaluation.compare`)."""
+    from unlearnkit.reports.evaluation import compare, load_details, markdown_table, perplexity_change_row
     from unlearnkit.rundir import atomic_write_json, atomic_write_text
 
     rows_spec = exp.report_rows()
@@ -63,7 +63,7 @@ def write_experiment_report(exp: Experiment, actions: dict[str, str] | None = No
         for row, c in zip(cells, change):
             row.append(c)
     table = markdown_table(header, cells)
-    from unlearnkit.evaluation.tofu_report import tofu_table
+    from unlearnkit.reports.tofu import tofu_table
 
     tofu = tofu_table([(r["label"], r["stage"], s.folder / "eval.json") for r, (_, s) in zip(rows, rows_spec)])
     table = tofu or table
@@ -94,7 +94,7 @@ def write_experiment_report(exp: Experiment, actions: dict[str, str] | None = No
     }
     atomic_write_json(exp.folder / "report.json", report)
     atomic_write_text(exp.folder / "report.md", _report_markdown(exp, report))
-    from unlearnkit.evaluation.html_reports import write_experiment_html
+    from unlearnkit.reports.html_pages import write_experiment_html
 
     write_experiment_html(exp.folder, _report_markdown(exp, report), [(label, s.folder) for label, s in rows_spec],
                           [(s.name, s.folder) for s in exp.stages if s.kind != "eval"])
@@ -105,7 +105,7 @@ def _report_markdown(exp: Experiment, report: dict) -> str:
     parts = [f"# Experiment `{exp.cfg.name}`\n", f"Original model: `{exp.cfg.original}`  ",
              f"Created: {report['created']}\n", report["markdown_table"]]
     notes = sorted({n for r in report["rows"] for n in r["notes"]})
-    from unlearnkit.evaluation.tofu_report import TOFU_NOTE
+    from unlearnkit.reports.tofu import TOFU_NOTE
 
     parts.append(TOFU_NOTE + "\n" if report.get("tofu") else
         "Book columns: the model continues held-in prompts of the book greedily; ROUGE-L, BLEU and the "
@@ -117,7 +117,7 @@ def _report_markdown(exp: Experiment, report: dict) -> str:
         + " Every metric side by side: `compare.md`.\n"
     )
     parts.append("## Stages\n")
-    from unlearnkit.evaluation.report import markdown_table
+    from unlearnkit.reports.evaluation import markdown_table
 
     stage_rows = []
     for s in report["stages"]:

@@ -66,7 +66,7 @@ def row_cells(label: str, res: dict) -> list[str]:
 
 def table(rows: list[tuple[str, dict]]) -> str:
     """A Markdown table of (label, tofu result) rows."""
-    from unlearnkit.evaluation.report import markdown_table
+    from unlearnkit.reports.evaluation import markdown_table
 
     return markdown_table(["Model", *[c for _, c in COLUMNS], "n (items per set)"], [row_cells(l, r) for l, r in rows])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from unlearnkit.attacks.recovery import fmt_recovery
-from unlearnkit.evaluation.report import markdown_table
+from unlearnkit.reports.evaluation import markdown_table
 from unlearnkit.evaluation.stats import fmt_rate
 from unlearnkit.rundir import atomic_write_json, atomic_write_text
 

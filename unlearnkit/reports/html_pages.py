@@ -2,7 +2,7 @@
 
 Each one renders the Markdown that the same folder's Markdown report is made
 of, with the charts inline and example answers side by side; see
-:mod:`unlearnkit.evaluation.html`.
+:mod:`unlearnkit.reports.html`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unlearnkit.evaluation.html import aligned_answers, answers, eval_samples, markdown_to_html, write_page
+from unlearnkit.reports.html import aligned_answers, answers, eval_samples, markdown_to_html, write_page
 
 RUN_HTML = "report.html"
 COMPARE_HTML = "compare.html"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unlearnkit.evaluation.tables import fmt_value
-from unlearnkit.rundir import atomic_write_json, atomic_write_text, save_figure
+from unlearnkit.reports.tables import fmt_value
+from unlearnkit.reports.plots import plot_demo
+from unlearnkit.rundir import atomic_write_json, atomic_write_text
 
 
 def _quote(text: str, limit: int = 300) -> str:
@@ -71,34 +72,10 @@ def demo_markdown(report: dict, short: bool = False) -> str:
             + "\n\n![before and after](report.png)\n\n## Example answers\n\n" + "\n".join(examples))
 
 
-def plot_demo(report: dict, out_png: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = report["metrics"]
-    keys = [k for k in m["Original"] if "perplexity" not in k]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.4
-    for j, label in enumerate(("Original", "Unlearned")):
-        xs = [i + (j - 0.5) * width for i in range(len(keys))]
-        ax.bar(xs, [m[label][k] or 0.0 for k in keys], width=width, label=label)
-    ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels([k.replace(", ", ",\n", 1) for k in keys], rotation=30, ha="right", fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("rate / score")
-    ax.set_title(f"unlearnkit demo: {report['options']['model']}")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return save_figure(fig, out_png)
-
-
 def write_demo_report(report: dict, out: Path) -> None:
     atomic_write_json(out / "report.json", report)
     plot_demo(report, out / "report.png")
     atomic_write_text(out / "report.md", demo_markdown(report))
-    from unlearnkit.evaluation.html import markdown_to_html, write_page
+    from unlearnkit.reports.html import markdown_to_html, write_page
 
     write_page(out / "report.html", "unlearnkit demo", markdown_to_html(demo_markdown(report), out))

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.evaluation.tables import (  # noqa: F401 (re-exported)
+from unlearnkit.reports.tables import (  # noqa: F401 (re-exported)
     _cell,
     _collect_samples,
     fmt_value,
@@ -24,6 +24,7 @@ from unlearnkit.evaluation.tables import (  # noqa: F401 (re-exported)
     flatten_metrics,
     markdown_table,
 )
+from unlearnkit.reports.plots import plot_comparison
 from unlearnkit.rundir import atomic_write_json, atomic_write_text
 
 EVAL_JSON = "eval.json"
@@ -248,61 +249,7 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, labels: 
         atomic_write_text(out / "compare.md", markdown)
         atomic_write_json(out / "compare.json", {"columns": names, "sources": [str(p) for p in paths], "rows": rows})
         plot_comparison(names, table, out / "compare.png")
-        from unlearnkit.evaluation.html_reports import write_compare_html
+        from unlearnkit.reports.html_pages import write_compare_html
 
         write_compare_html(out, markdown, names, paths)
     return markdown, rows
-
-
-# Main metrics for the chart: rates and scores in [0, 1] on one panel,
-# perplexities (and NLLs) on a log-scale panel of their own.
-_SCORE_PATTERNS = (
-    r"^harm\.[^.]+\.harmful_rate\.",
-    r"^harm\.[^.]+\.refusal_rate\.",
-    r"^harm\.[^.]+\.distinct_2$",
-    r"^normal\.similarity_(cosine|rouge_l)$",
-    r"^overrefusal\.refusal_rate$",
-    r"^truthfulqa\.mc[12]$",
-    r"^memorisation\.(exact_match|rouge_l|bleu|cosine)$",
-)
-_SCALE_PATTERNS = (r"perplexity$", r"\.mean_nll$")
-
-
-def _pick(table: dict[str, list[float | None]], patterns) -> list[str]:
-    return [m for m in table if any(re.search(p, m) for p in patterns) and any(isinstance(v, (int, float)) for v in table[m])]
-
-
-def plot_comparison(names: list[str], table: dict[str, list[float | None]], out_png: str | Path) -> Path:
-    """Grouped bar chart (one bar per run) of the main metrics; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
-
-    scores = _pick(table, _SCORE_PATTERNS)
-    scales = [m for m in _pick(table, _SCALE_PATTERNS) if m not in scores]
-    panels = [(scores, False), (scales, True)]
-    panels = [p for p in panels if p[0]]
-    if not panels:  # nothing recognised: plot whatever numeric metrics there are
-        panels = [(list(table)[:20], False)]
-    n_bars = max(len(m) for m, _ in panels) * max(1, len(names))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(min(24.0, max(6.0, 0.35 * n_bars + 3)), 4.2 * len(panels)), squeeze=False)
-    width = 0.8 / max(1, len(names))
-    for ax, (metrics, log) in zip(axes[:, 0], panels):
-        for j, name in enumerate(names):
-            heights = [table[m][j] if isinstance(table[m][j], (int, float)) else 0.0 for m in metrics]
-            xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(metrics))]
-            ax.bar(xs, heights, width=width, label=name)
-        ax.set_xticks(range(len(metrics)))
-        ax.set_xticklabels(metrics, rotation=30, ha="right", fontsize=8)
-        if log:
-            ax.set_yscale("log")
-            ax.set_ylabel("perplexity / NLL (log)")
-        else:
-            ax.set_ylabel("score")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    from unlearnkit.rundir import save_figure
-
-    return save_figure(fig, out_png)
