@@ -52,6 +52,23 @@ def test_npo_is_the_mean_log_one_plus_ratio_power_beta(models, retain_loss):
     assert ("retain" in m.batch_needs) == (retain_loss != "none")
 
 
+@pytest.mark.parametrize("name", ["npo", "simnpo", "undial"])
+def test_the_alternative_term_adds_the_cross_entropy_of_the_alternative_answers(models, name):
+    cur, ref = models
+    without = method(name, retain_loss="nll", retain_weight=0.4)
+    with_alt = method(name, retain_loss="nll", retain_weight=0.4, alternative_weight=2.5)
+    batches = {"forget": as_batch(FORGET), "retain": as_batch(RETAIN), "alternative": as_batch(ALTERNATIVE)}
+    base, _ = without.loss(make_ctx(cur, ref), batches)
+    loss, terms = with_alt.loss(make_ctx(cur, ref), batches)
+    # The token-mean NLL of the alternative answers, by hand, weighted on top of the method's loss.
+    alternative = hand_mean_nll(cur, ALTERNATIVE)
+    assert terms["alternative_ce"] == pytest.approx(alternative, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(base.detach()) + 2.5 * alternative, rel=1e-5)
+    # The alternative batch is built only when the term is on.
+    assert "alternative" in with_alt.batch_needs and "alternative" not in without.batch_needs
+    assert "alternative" in method("dpo").batch_needs  # DPO reads it whatever the weight
+
+
 def test_npo_starts_at_two_log_two_over_beta_and_its_gradient_is_weighted_ascent(models):
     cur, _ = models
     beta = 0.5

@@ -48,11 +48,14 @@ RetainLoss = Literal["none", "nll", "kl"]
 
 
 class RetainTermParams(MethodParams):
-    """``forget_weight * objective(forget) + retain_weight * term(retain)``."""
+    """``forget_weight * objective(forget) + retain_weight * term(retain) + alternative_weight * nll(alternative)``."""
 
     forget_weight: float = Field(1.0, ge=0)
     retain_loss: RetainLoss = Field("nll", description="none, nll (cross-entropy on retain answers) or kl (to the reference)")
     retain_weight: float = Field(1.0, ge=0)
+    alternative_weight: float = Field(
+        0.0, ge=0, description="cross-entropy on the data.alternative answers (e.g. PKU's safe answer to each forget "
+        "prompt), so the forget prompts are taught an answer as their harmful one is pushed away; 0: none")
 
 
 def retain_term(ctx: LossContext, batch: dict, kind: str) -> torch.Tensor:
@@ -86,8 +89,10 @@ class ForgetRetainMethod(Method):
 
     @property
     def batch_needs(self) -> frozenset[str]:
-        # The retain batch is built only when there is a retain term.
-        return self.needs if _has_retain(self.params) else self.needs - {"retain"}
+        # The retain batch is built only when there is a retain term, the alternative batch when
+        # the objective or the alternative term reads it.
+        needs = self.needs if _has_retain(self.params) else self.needs - {"retain"}
+        return needs | {"alternative"} if self.params.alternative_weight > 0 else needs
 
     def forget_objective(self, ctx: LossContext, batches: dict[str, dict]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = batches["forget"]
@@ -106,4 +111,8 @@ class ForgetRetainMethod(Method):
             retain = retain_term(ctx, batches["retain"], p.retain_loss)
             terms[f"retain_{p.retain_loss}"] = retain.item()
             total = total + p.retain_weight * retain
+        if p.alternative_weight > 0:
+            alternative = retain_term(ctx, batches["alternative"], "nll")
+            terms["alternative_ce"] = alternative.item()
+            total = total + p.alternative_weight * alternative
         return total, terms
