@@ -337,8 +337,9 @@ def summarise_config(cfg: RunConfig) -> list[str]:
     lines.append(f"  forget: {source(cfg.data.forget)}" if cfg.data.forget else "  forget: (none)")
     for i, ds in enumerate(cfg.data.retain_sources):
         lines.append(f"  retain[{i}]: {source(ds)}" if isinstance(cfg.data.retain, list) else f"  retain: {source(ds)}")
-    if cfg.data.random is not None:
-        lines.append(f"  random: {source(cfg.data.random)}")
+    for key in ("random", "alternative"):
+        if getattr(cfg.data, key) is not None:
+            lines.append(f"  {key}: {source(getattr(cfg.data, key))}")
     lines.append(f"train: {steps}, batch_size={t.batch_size}, grad_accum={t.grad_accum}, lr={t.lr:g} ({t.scheduler}), "
                  f"save={t.save}" + (f", save_every={t.save_every}" if t.save_every else "")
                  + (f", report_to={','.join(t.report_to)}" if t.report_to else "")
