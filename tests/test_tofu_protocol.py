@@ -366,3 +366,24 @@ def test_cpu_protocol_sizes(monkeypatch, shared_data):
     trained = {e.prompt for e in target}
     assert [e.prompt for e in holdout[:40]] == [e.prompt for e in retain]
     assert len([e for e in holdout[40:] if e.prompt not in trained]) == 40
+
+
+def test_report_labels_keep_a_sweeps_tag(tmp_path):
+    """Two points of one method (stages unlearn-npo and unlearn-npo-lr1e-3) get two labels."""
+    def stage(name, record, method=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "stage.json").write_text(json.dumps(record))
+        if method:
+            (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method}}))
+        return folder
+
+    for tag in ("", "-lr1e-3"):
+        stage(f"unlearn-npo{tag}", {"kind": "unlearn"}, method="npo")
+        stage(f"eval-unlearn-npo{tag}", {"kind": "eval", "model_from": f"unlearn-npo{tag}"})
+    stage("unlearn-other", {"kind": "unlearn"}, method="ga")  # a stage named otherwise: the method alone
+    stage("eval-other", {"kind": "eval", "model_from": "unlearn-other"})
+    labels = {name: tofu_report._stage_label(tmp_path / name, {})[1]
+              for name in ("eval-unlearn-npo", "eval-unlearn-npo-lr1e-3", "eval-other")}
+    assert labels == {"eval-unlearn-npo": "Unlearned: npo", "eval-unlearn-npo-lr1e-3": "Unlearned: npo-lr1e-3",
+                      "eval-other": "Unlearned: ga"}

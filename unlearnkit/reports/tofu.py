@@ -93,7 +93,11 @@ def _stage_label(folder: Path, res: dict) -> tuple[int, str]:
     if kind == "unlearn":
         cfg = upstream / "config.yaml"
         method = (yaml.safe_load(cfg.read_text()) or {}).get("method", {}).get("name") if cfg.is_file() else None
-        return 2, f"Unlearned: {method or upstream.name}"
+        if method is None:
+            return 2, f"Unlearned: {upstream.name}"
+        # A sweep's tag (stage unlearn-npo-lr1e-3) stays in the label: two points of one method differ.
+        tag = upstream.name.removeprefix(f"unlearn-{method}") if upstream.name.startswith(f"unlearn-{method}") else ""
+        return 2, f"Unlearned: {method}{tag}"
     if kind == "finetune":
         return 1, "Finetuned"
     return 3, folder.name
