@@ -69,6 +69,22 @@ def test_the_alternative_term_adds_the_cross_entropy_of_the_alternative_answers(
     assert "alternative" in method("dpo").batch_needs  # DPO reads it whatever the weight
 
 
+def test_dpo_with_the_alternative_term_adds_its_cross_entropy_from_one_forward_pass(models):
+    cur, ref = models
+    batches = {"forget": as_batch(FORGET), "alternative": as_batch(ALTERNATIVE)}
+    base, _ = method("dpo").loss(make_ctx(cur, ref), batches)
+    calls = []
+    ctx = make_ctx(cur, ref)
+    count = ctx.logits
+    ctx.logits = lambda batch: calls.append(batch) or count(batch)
+    loss, terms = method("dpo", alternative_weight=2.5).loss(ctx, batches)
+    alternative = hand_mean_nll(cur, ALTERNATIVE)
+    assert terms["alternative_ce"] == pytest.approx(alternative, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(base.detach()) + 2.5 * alternative, rel=1e-5)
+    # The preference term's logits of the alternative answers are reused: one pass per batch.
+    assert sum(b is batches["alternative"] for b in calls) == 1 and sum(b is batches["forget"] for b in calls) == 1
+
+
 def test_npo_starts_at_two_log_two_over_beta_and_its_gradient_is_weighted_ascent(models):
     cur, _ = models
     beta = 0.5

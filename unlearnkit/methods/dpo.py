@@ -60,4 +60,4 @@ class DPO(ForgetRetainMethod):
         terms = {"dpo": pref.item(), "forget_nll": forget_nll_value(ctx, lose_batch, lose_al).item(),
                  "alternative_nll": forget_nll_value(ctx, win_batch, win_al).item(),
                  "margin": float((((win - win_ref) - (lose - lose_ref)).detach() * rows).sum() / n)}
-        return pref, terms
+        return pref, terms, {"alternative": win_al}  # the alternative term reuses these logits

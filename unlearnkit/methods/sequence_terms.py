@@ -81,7 +81,9 @@ class ForgetRetainMethod(Method):
 
     Subclasses define ``forget_value(ctx, batch, al) -> (value, terms)`` on the forget batch and
     its answer logits (the logged terms get the forget NLL added), or, for a loss that reads other
-    batches too, ``forget_objective(ctx, batches) -> (value, terms)`` itself.
+    batches too, ``forget_objective(ctx, batches) -> (value, terms)`` itself; an objective that
+    already ran the model on the alternative batch may return ``(value, terms, {"alternative": al})``
+    so the alternative term reuses those logits instead of a second forward pass.
     """
 
     Params = RetainTermParams
@@ -105,14 +107,17 @@ class ForgetRetainMethod(Method):
 
     def loss(self, ctx, batches):
         p = self.params
-        value, terms = self.forget_objective(ctx, batches)
+        value, terms, *computed = self.forget_objective(ctx, batches)
         total = p.forget_weight * value
         if _has_retain(p):
             retain = retain_term(ctx, batches["retain"], p.retain_loss)
             terms[f"retain_{p.retain_loss}"] = retain.item()
             total = total + p.retain_weight * retain
         if p.alternative_weight > 0:
-            alternative = retain_term(ctx, batches["alternative"], "nll")
+            batch = batches["alternative"]
+            al = computed[0].get("alternative") if computed else None
+            al = al if al is not None else ctx.logits(batch)
+            alternative = mean_nll(al, ctx.normaliser(batch, al.mask))
             terms["alternative_ce"] = alternative.item()
             total = total + p.alternative_weight * alternative
         return total, terms
